@@ -1,0 +1,52 @@
+# Pulse: the single entry point. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+JARS := .cache/jars
+MVN := mvn -q -B
+DATA_DIR ?= .pulse
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo test test-unit test-integration lint fmt bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(VENV)/bin/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Pulse needs Python 3.11+")'
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(VENV)/bin/python requirements.txt requirements-dev.txt pyproject.toml
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -e .
+	@touch $@
+
+$(JARS)/%/.fetched: jvm/%/pom.xml
+	@command -v java >/dev/null || { echo "Java 17+ is required (the Kafka broker and Spark run on the JVM)"; exit 1; }
+	@command -v mvn >/dev/null || { echo "Maven is required to fetch the pinned JVM jars"; exit 1; }
+	rm -rf $(JARS)/$*
+	cd jvm/$* && $(MVN) dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=$(CURDIR)/$(JARS)/$*
+	@touch $@
+
+setup: $(VENV)/.installed $(JARS)/kafka-broker/.fetched $(JARS)/spark-kafka/.fetched ## venv, pinned packages, JVM jars (idempotent)
+
+demo: setup ## replay the bundled recording through Kafka -> Spark -> ClickHouse (chDB), with a live view
+	$(VENV)/bin/pulse demo --data-dir $(DATA_DIR)
+
+test: setup lint ## lint, then unit and integration tests on the real local broker, Spark and chDB
+	$(VENV)/bin/pytest
+
+test-unit: setup ## only the pure unit tests
+	$(VENV)/bin/pytest tests/unit
+
+lint: setup ## ruff and mypy over the whole code base
+	$(VENV)/bin/ruff check pulse tests bench
+	$(VENV)/bin/mypy
+
+fmt: setup ## apply ruff's fixes
+	$(VENV)/bin/ruff check --fix pulse tests bench
+
+clean: ## remove the venv, the jar cache and local run data
+	rm -rf $(VENV) .cache $(DATA_DIR)

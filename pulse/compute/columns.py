@@ -1,0 +1,160 @@
+"""Spark column builders: parsing, validation, window aggregates and the signal.
+
+Pure DataFrame -> DataFrame functions with no sources or sinks, so they run the same on a batch
+DataFrame (tests) and on a stream (the job). The rules mirror `pulse.compute.metrics`.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F  # noqa: N812 - Spark's own idiom
+from pyspark.sql import types as T  # noqa: N812
+
+from pulse.compute.metrics import RELATIVE_TOLERANCE, Signal
+from pulse.settings import SignalSettings
+
+# docs/trade-message.v1.schema.json, as Spark reads it.
+TRADE_MESSAGE_SCHEMA = T.StructType([
+    T.StructField("schema_version", T.IntegerType()),
+    T.StructField("symbol", T.StringType()),
+    T.StructField("price", T.DoubleType()),
+    T.StructField("quantity", T.DoubleType()),
+    T.StructField("timestamp", T.LongType()),
+    T.StructField("side", T.StringType()),
+    T.StructField("agg_trade_id", T.LongType()),
+    T.StructField("first_trade_id", T.LongType()),
+    T.StructField("last_trade_id", T.LongType()),
+    T.StructField("event_time", T.LongType()),
+    T.StructField("ingest_time", T.LongType()),
+    T.StructField("buyer_is_maker", T.BooleanType()),
+    T.StructField("quantity_no_rpi", T.DoubleType()),
+])
+
+_REQUIRED = ("symbol", "price", "quantity", "timestamp", "side", "agg_trade_id", "ingest_time")
+
+
+def parse_messages(kafka_rows: DataFrame) -> DataFrame:
+    """Kafka rows -> `msg` struct plus `reject_reason` (null when the message is a valid trade)."""
+    value = F.col("value").cast("string")
+    parsed = kafka_rows.select(
+        value.alias("raw_value"), "topic", "partition", "offset",
+        F.col("timestamp").alias("kafka_time"),
+        F.from_json(value, TRADE_MESSAGE_SCHEMA, {"mode": "PERMISSIVE"}).alias("msg"),
+    )
+    return parsed.withColumn("reject_reason", reject_reason(F.col("msg"), F.col("raw_value")))
+
+
+def reject_reason(msg: Column, raw_value: Column) -> Column:
+    """The first thing wrong with a message, or null."""
+    reason = F.when(raw_value.isNull(), F.lit("empty message value"))
+    reason = reason.when(msg.isNull(), F.lit("value is not a JSON object"))
+    reason = reason.when(msg["schema_version"].isNull() | (msg["schema_version"] != 1),
+                         F.lit("unsupported or missing schema_version (expected 1)"))
+    for field in _REQUIRED:
+        reason = reason.when(msg[field].isNull(), F.lit(f"missing or mistyped field '{field}'"))
+    for field in ("price", "quantity"):
+        number = msg[field]
+        reason = reason.when(F.isnan(number) | (number <= 0) | (F.abs(number) == float("inf")),
+                             F.lit(f"field '{field}' must be finite and > 0"))
+    reason = reason.when(~msg["side"].isin("BUY", "SELL"), F.lit("field 'side' must be BUY or SELL"))
+    return reason
+
+
+def valid_trades(parsed: DataFrame) -> DataFrame:
+    """The trade columns the aggregation needs, event time as a timestamp."""
+    msg = F.col("msg")
+    return parsed.where(F.col("reject_reason").isNull()).select(
+        msg["symbol"].alias("symbol"),
+        msg["price"].alias("price"),
+        msg["quantity"].alias("quantity"),
+        msg["side"].alias("side"),
+        msg["agg_trade_id"].alias("agg_trade_id"),
+        msg["timestamp"].alias("trade_time_ms"),
+        msg["ingest_time"].alias("ingest_time_ms"),
+        F.timestamp_millis(msg["timestamp"]).alias("trade_time"),
+    )
+
+
+def rejected_messages(parsed: DataFrame) -> DataFrame:
+    return parsed.where(F.col("reject_reason").isNotNull()).select(
+        "topic", "partition", "offset", "kafka_time",
+        F.col("reject_reason").alias("reason"), F.coalesce("raw_value", F.lit("")).alias("raw_value"),
+    )
+
+
+def _sign(difference: Column, magnitude: Column, deadband_rel: float) -> Column:
+    tolerance = F.lit(max(RELATIVE_TOLERANCE, deadband_rel)) * magnitude
+    return F.when(difference > tolerance, 1).when(difference < -tolerance, -1).otherwise(0)
+
+
+def signal_column(avg_price: Column, vwap: Column, buy_volume: Column, sell_volume: Column,
+                  settings: SignalSettings) -> Column:
+    price = _sign(avg_price - vwap, F.greatest(F.abs(avg_price), F.abs(vwap)), settings.price_deadband_rel)
+    delta = _sign(buy_volume - sell_volume, buy_volume + sell_volume, settings.delta_deadband_rel)
+    return (
+        F.when((price > 0) & (delta > 0), F.lit(Signal.STRONG_BUY.value))
+        .when((price < 0) & (delta < 0), F.lit(Signal.STRONG_SELL.value))
+        .when((price < 0) & (delta > 0), F.lit(Signal.ACCUMULATING.value))
+        .when((price > 0) & (delta < 0), F.lit(Signal.DISTRIBUTING.value))
+        .otherwise(F.lit(Signal.NEUTRAL.value))
+    )
+
+
+def window_aggregates(trades: DataFrame, window_seconds: int = 1) -> DataFrame:
+    """Per symbol and tumbling window on trade time: sums the metrics are derived from."""
+    is_buy = F.col("side") == "BUY"
+    quantity = F.col("quantity")
+    return trades.groupBy(
+        F.col("symbol"), F.window(F.col("trade_time"), f"{window_seconds} second").alias("window"),
+    ).agg(
+        F.sum(F.col("price") * quantity).alias("quote_volume"),
+        F.sum(quantity).alias("total_volume"),
+        F.sum(F.when(is_buy, quantity).otherwise(0.0)).alias("buy_volume"),
+        F.sum(F.when(is_buy, 0.0).otherwise(quantity)).alias("sell_volume"),
+        F.count(F.lit(1)).alias("trade_count"),
+        F.avg("price").alias("avg_price_1_sec"),
+        F.min_by("price", "agg_trade_id").alias("open"),
+        F.max("price").alias("high"),
+        F.min("price").alias("low"),
+        F.max_by("price", "agg_trade_id").alias("close"),
+        F.min("agg_trade_id").alias("first_agg_trade_id"),
+        F.max("agg_trade_id").alias("last_agg_trade_id"),
+        F.avg(F.col("ingest_time_ms") - F.col("trade_time_ms")).alias("avg_ingest_latency_ms"),
+        F.max(F.col("ingest_time_ms") - F.col("trade_time_ms")).alias("max_ingest_latency_ms"),
+        F.avg("trade_time_ms").alias("avg_trade_time_ms"),
+        F.min("trade_time_ms").alias("min_trade_time_ms"),
+    )
+
+
+def window_metrics_columns(aggregates: DataFrame, settings: SignalSettings) -> DataFrame:
+    """Aggregates -> the `pulse_metrics` row (without the write-time columns)."""
+    buy, sell, total = F.col("buy_volume"), F.col("sell_volume"), F.col("total_volume")
+    vwap = F.col("quote_volume") / total
+    return aggregates.select(
+        "symbol",
+        F.col("window.start").alias("window_start"),
+        F.col("window.end").alias("window_end"),
+        vwap.alias("vwap"),
+        (buy - sell).alias("net_delta"),
+        (F.lit(100.0) * buy / total).alias("buy_pressure_pct"),
+        total.alias("total_volume"),
+        "trade_count",
+        "avg_price_1_sec",
+        signal_column(F.col("avg_price_1_sec"), vwap, buy, sell, settings).alias("signal"),
+        "open", "high", "low", "close", "buy_volume", "sell_volume", "quote_volume",
+        "first_agg_trade_id", "last_agg_trade_id",
+        (F.col("last_agg_trade_id") - F.col("first_agg_trade_id") + 1).alias("expected_trade_count"),
+        "avg_ingest_latency_ms", "max_ingest_latency_ms", "avg_trade_time_ms", "min_trade_time_ms",
+    )
+
+
+def with_write_time(metrics: DataFrame, written_at_ms: int, version: int) -> DataFrame:
+    """Stamp a micro-batch with its write time, the write latencies and its version (batch id)."""
+    written = F.lit(written_at_ms).cast("long")
+    return metrics.select(
+        *[c for c in metrics.columns if c not in ("avg_trade_time_ms", "min_trade_time_ms")],
+        (written - F.col("avg_trade_time_ms")).cast("double").alias("avg_write_latency_ms"),
+        (written - F.col("min_trade_time_ms")).cast("double").alias("max_write_latency_ms"),
+        F.timestamp_millis(written).alias("written_at"),
+        F.lit(version).cast("long").alias("version"),
+    )

@@ -1,0 +1,206 @@
+"""The Pulse Spark job: Kafka -> 1-second windows -> ClickHouse, plus rejects and health.
+
+One definition, used by the notebook, by `pulse process` (headless) and by `pulse demo`.
+Two streaming queries share the source topic: `pulse_metrics` (stateful, update mode) and
+`pulse_rejects` (stateless). Both write through `foreachBatch` with the Spark batch id as the
+row version, so a batch replayed after a crash overwrites itself instead of adding to the table.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F  # noqa: N812
+from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
+
+from pulse.compute.columns import (
+    parse_messages,
+    rejected_messages,
+    valid_trades,
+    window_aggregates,
+    window_metrics_columns,
+    with_write_time,
+)
+from pulse.settings import PulseSettings
+from pulse.storage.clickhouse import ClickHouseTransport
+
+METRICS_QUERY = "pulse_metrics"
+REJECTS_QUERY = "pulse_rejects"
+
+
+def read_kafka(spark: SparkSession, settings: PulseSettings, bootstrap: str) -> DataFrame:
+    reader = (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", bootstrap)
+        .option("subscribe", settings.kafka.trades_topic)
+        .option("startingOffsets", settings.spark.starting_offsets)
+        # A deleted or compacted offset range is counted (pulse_health.data_loss_offsets), not fatal.
+        .option("failOnDataLoss", "false")
+    )
+    if settings.spark.max_offsets_per_trigger:
+        reader = reader.option("maxOffsetsPerTrigger", str(settings.spark.max_offsets_per_trigger))
+    return reader.load()
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class MetricsSink:
+    """foreachBatch targets writing Spark micro-batches as Arrow into ClickHouse."""
+
+    def __init__(self, transport: ClickHouseTransport) -> None:
+        self._transport = transport
+
+    def write_metrics(self, batch: DataFrame, batch_id: int) -> None:
+        stamped = with_write_time(batch, _now_ms(), batch_id)
+        self._transport.insert_arrow("pulse_metrics", stamped.toArrow())
+
+    def write_rejects(self, batch: DataFrame, batch_id: int) -> None:
+        stamped = batch.select(
+            F.timestamp_millis(F.lit(_now_ms())).alias("rejected_at"), "*",
+            F.lit(batch_id).cast("long").alias("version"),
+        )
+        self._transport.insert_arrow("pulse_rejects", stamped.toArrow())
+
+
+class HealthListener(StreamingQueryListener):
+    """Writes one `pulse_health` row per micro-batch progress report."""
+
+    def __init__(self, transport: ClickHouseTransport) -> None:
+        self._transport = transport
+
+    def onQueryStarted(self, event: Any) -> None:
+        pass
+
+    def onQueryIdle(self, event: Any) -> None:
+        pass
+
+    def onQueryTerminated(self, event: Any) -> None:
+        pass
+
+    def onQueryProgress(self, event: Any) -> None:
+        import pyarrow as pa  # noqa: PLC0415
+
+        progress = event.progress
+        late = sum(op.numRowsDroppedByWatermark for op in progress.stateOperators)
+        state_rows = sum(op.numRowsTotal for op in progress.stateOperators)
+        watermark = (progress.eventTime or {}).get("watermark")
+        data_loss = 0
+        for source in progress.sources:
+            metrics = source.metrics or {}
+            data_loss += int(metrics.get("dataLossOffsets", 0) or 0)
+        row = {
+            "reported_at": [_now_ms()],
+            "query_name": [progress.name or ""],
+            "batch_id": [progress.batchId],
+            "input_rows": [progress.numInputRows],
+            "input_rows_per_second": [float(progress.inputRowsPerSecond or 0.0)],
+            "processed_rows_per_second": [float(progress.processedRowsPerSecond or 0.0)],
+            "late_rows_dropped": [late],
+            "state_rows": [state_rows],
+            "watermark": [_iso_to_ms(watermark)],
+            "batch_duration_ms": [int((progress.durationMs or {}).get("triggerExecution", 0))],
+            "data_loss_offsets": [data_loss],
+        }
+        table = pa.table(row).set_column(0, "reported_at", pa.array(row["reported_at"], pa.timestamp("ms", "UTC")))
+        table = table.set_column(table.schema.get_field_index("watermark"), "watermark",
+                                 pa.array(row["watermark"], pa.timestamp("ms", "UTC")))
+        self._transport.insert_arrow("pulse_health", table)
+
+
+def _iso_to_ms(value: str | None) -> int | None:
+    if not value:
+        return None
+    from datetime import datetime  # noqa: PLC0415
+
+    return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+@dataclass
+class PulseQueries:
+    metrics: StreamingQuery
+    rejects: StreamingQuery
+
+    def all(self) -> list[StreamingQuery]:
+        return [self.metrics, self.rejects]
+
+    def stop(self) -> None:
+        for query in self.all():
+            query.stop()
+
+    def raise_if_failed(self) -> None:
+        for query in self.all():
+            error = query.exception()
+            if error is not None:
+                raise RuntimeError(f"streaming query {query.name} failed: {error}")
+
+
+def start_queries(spark: SparkSession, settings: PulseSettings, bootstrap: str,
+                  transport: ClickHouseTransport) -> PulseQueries:
+    """Start the metrics and rejects queries; they run until stopped."""
+    sink = MetricsSink(transport)
+    spark.streams.addListener(HealthListener(transport))
+    trigger = f"{settings.spark.trigger_ms} milliseconds"
+    checkpoints = settings.checkpoint_dir
+    parsed = parse_messages(read_kafka(spark, settings, bootstrap))
+
+    windows = window_metrics_columns(
+        window_aggregates(
+            valid_trades(parsed).withWatermark("trade_time", f"{int(settings.spark.watermark_s * 1000)} milliseconds")
+        ),
+        settings.signal,
+    )
+    metrics = (
+        windows.writeStream.queryName(METRICS_QUERY).outputMode("update")
+        .trigger(processingTime=trigger)
+        .option("checkpointLocation", str((checkpoints / METRICS_QUERY).resolve()))
+        .foreachBatch(sink.write_metrics)
+        .start()
+    )
+    rejects = (
+        rejected_messages(parsed).writeStream.queryName(REJECTS_QUERY).outputMode("append")
+        .trigger(processingTime=trigger)
+        .option("checkpointLocation", str((checkpoints / REJECTS_QUERY).resolve()))
+        .foreachBatch(sink.write_rejects)
+        .start()
+    )
+    return PulseQueries(metrics=metrics, rejects=rejects)
+
+
+def wait_until_caught_up(queries: PulseQueries, end_offsets: dict[str, dict[str, int]],
+                         timeout_s: float, poll_s: float = 0.25) -> None:
+    """Block until both queries have processed up to `end_offsets` ({topic: {partition: offset}})."""
+    deadline = time.monotonic() + timeout_s
+    pending = queries.all()
+    while pending:
+        queries.raise_if_failed()
+        pending = [q for q in pending if not _reached(q, end_offsets)]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            names = ", ".join(q.name for q in pending)
+            raise TimeoutError(f"Spark queries {names} did not catch up within {timeout_s:.0f}s")
+        time.sleep(poll_s)
+
+
+def _reached(query: StreamingQuery, end_offsets: dict[str, dict[str, int]]) -> bool:
+    progress = query.lastProgress
+    if not progress:
+        return False
+    for source in progress.get("sources", []):
+        processed = source.get("endOffset")
+        if isinstance(processed, str):
+            import json  # noqa: PLC0415
+
+            processed = json.loads(processed)
+        if not isinstance(processed, dict):
+            return False
+        for topic, partitions in end_offsets.items():
+            done = processed.get(topic, {})
+            if any(int(done.get(str(p), 0)) < end for p, end in partitions.items()):
+                return False
+    return True

@@ -1,0 +1,189 @@
+"""`pulse demo`: the whole pipeline on this machine, end to end, on a recording.
+
+Embedded Kafka broker -> replay producer -> Spark job -> chDB, with a live view of the newest
+windows per symbol, a summary at the end, and everything stopped cleanly (also on Ctrl-C).
+The results stay in `<data_dir>/chdb` for `pulse sql`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pulse.broker.kafka_publisher import DropOldestQueue, KafkaPublisher, build_kafka_producer
+from pulse.broker.local_kafka import LocalKafkaBroker, end_offsets, ensure_topics
+from pulse.compute.job import PulseQueries, start_queries, wait_until_caught_up
+from pulse.compute.spark_session import build_spark_session
+from pulse.producer import FrameCounters, FrameRouter, replay_frames, run_publisher_until
+from pulse.settings import PulseSettings
+from pulse.source.replay_file import ReplayStats, read_replay_frames
+from pulse.storage.clickhouse import ChdbTransport, ClickHouseTransport, apply_schema
+
+BUNDLED_RECORDING = Path(__file__).resolve().parents[1] / "data" / "recordings" / "binance-usdm-ws-2021-04-05.raw"
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class DemoSummary:
+    trades_in: int
+    published: int
+    dead_lettered: int
+    skipped_lines: int
+    windows_out: int
+    windows_by_symbol: dict[str, int]
+    signals: dict[str, int]
+    rejects: int
+    elapsed_s: float
+    data_dir: Path
+    frame_counters: FrameCounters = field(repr=False, default_factory=FrameCounters)
+
+    def render(self) -> str:
+        lines = [
+            "",
+            "== Pulse demo summary",
+            f"trades in:        {self.trades_in} (published {self.published}, dead-lettered {self.dead_lettered},"
+            f" skipped non-trade lines {self.skipped_lines})",
+            f"windows out:      {self.windows_out} one-second windows in pulse_metrics",
+        ]
+        lines += [f"  {symbol:<12} {count} windows" for symbol, count in sorted(self.windows_by_symbol.items())]
+        lines.append("signals:")
+        lines += [f"  {kind:<14} {count}" for kind, count in sorted(self.signals.items(), key=lambda kv: -kv[1])]
+        lines.append(f"rejected by the processor: {self.rejects}")
+        lines.append(f"took {self.elapsed_s:.1f}s; results in {self.data_dir / 'chdb'}")
+        lines.append(f'next: pulse sql "SELECT symbol, count() FROM pulse_metrics GROUP BY symbol"'
+                     f" --data-dir {self.data_dir}")
+        return "\n".join(lines)
+
+
+def reset_run_state(settings: PulseSettings) -> None:
+    """A demo starts from nothing: broker log, checkpoints and store of the previous run go."""
+    for folder in (settings.data_dir / "kafka", settings.checkpoint_dir, settings.chdb_path):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+LIVE_VIEW_SQL = """
+SELECT symbol, window_start, trade_count AS trades, round(vwap, 6) AS vwap,
+       round(avg_price_1_sec, 6) AS avg_price, round(net_delta, 4) AS net_delta,
+       round(buy_pressure_pct, 1) AS buy_pct, signal
+FROM pulse_metrics FINAL
+ORDER BY window_start DESC LIMIT 1 BY symbol
+"""
+
+
+class LiveView:
+    """Prints the newest window per symbol every `period_s` while the pipeline runs."""
+
+    def __init__(self, transport: ClickHouseTransport, say: Say, period_s: float = 2.0) -> None:
+        self._transport = transport
+        self._say = say
+        self._period_s = period_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="pulse-live-view", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._period_s):
+            text = self._transport.query_text(LIVE_VIEW_SQL)
+            if text.strip():
+                self._say(f"-- newest windows ({time.strftime('%H:%M:%S')})\n{text.rstrip()}")
+
+    def __enter__(self) -> LiveView:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+async def _replay(settings: PulseSettings, bootstrap: str, input_path: Path, symbol: str | None,
+                  speed: float | None, stats: ReplayStats) -> tuple[FrameRouter, KafkaPublisher]:
+    queue = DropOldestQueue(settings.producer.queue_max)
+    producer = build_kafka_producer(settings.kafka, settings.producer, bootstrap)
+    await producer.start()
+    try:
+        router = FrameRouter(settings.kafka, queue, source=f"replay:{input_path.name}", default_symbol=symbol)
+        publisher = KafkaPublisher(producer, queue)
+        feeding = asyncio.create_task(replay_frames(read_replay_frames(input_path, symbol, stats), router, speed))
+        await run_publisher_until(publisher, queue, feeding, settings.producer.shutdown_timeout_s * 6)
+        return router, publisher
+    finally:
+        await producer.stop()
+
+
+def summarize(transport: ClickHouseTransport) -> tuple[dict[str, int], dict[str, int], int]:
+    by_symbol = transport.query_arrow(
+        "SELECT symbol, count() AS windows FROM pulse_metrics FINAL GROUP BY symbol").to_pylist()
+    signals = transport.query_arrow(
+        "SELECT signal, count() AS windows FROM pulse_metrics FINAL GROUP BY signal").to_pylist()
+    rejects = transport.query_arrow("SELECT count() AS n FROM pulse_rejects FINAL").to_pylist()[0]["n"]
+    return ({r["symbol"]: r["windows"] for r in by_symbol}, {r["signal"]: r["windows"] for r in signals},
+            int(rejects))
+
+
+def run_demo(settings: PulseSettings, input_path: Path, symbol: str | None, speed: float | None,
+             say: Say, live_view: bool = True) -> DemoSummary:
+    started = time.monotonic()
+    settings = settings.model_copy(update={"spark": settings.spark.model_copy(update={"starting_offsets": "earliest"})})
+    if not input_path.exists():
+        raise FileNotFoundError(f"no recording at {input_path}: pass --input FILE")
+    reset_run_state(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    broker = LocalKafkaBroker(settings.jars_dir, settings.data_dir)
+    transport: ClickHouseTransport | None = None
+    queries: PulseQueries | None = None
+    spark = None
+    try:
+        say(f"[1/5] starting the Kafka broker (KRaft, single node) under {settings.data_dir / 'kafka'}")
+        bootstrap = broker.start()
+        asyncio.run(ensure_topics(bootstrap, [settings.kafka.trades_topic, settings.kafka.dead_letter_topic],
+                                  settings.kafka.partitions))
+        say(f"[2/5] opening ClickHouse (chDB) at {settings.chdb_path} and creating the schema")
+        transport = ChdbTransport(settings.chdb_path, settings.clickhouse.database)
+        apply_schema(transport, settings.schema_dir)
+        say("[3/5] starting Spark (local mode) with the Kafka connector; first start takes ~20s")
+        spark = build_spark_session(settings)
+        queries = start_queries(spark, settings, bootstrap, transport)
+        pace = "as fast as possible" if speed is None else f"{speed:g}x the recorded pace"
+        say(f"[4/5] replaying {input_path.name} {pace}")
+        stats = ReplayStats()
+        with LiveView(transport, say) if live_view else _NoView():
+            router, publisher = asyncio.run(_replay(settings, bootstrap, input_path, symbol, speed, stats))
+            say(f"      replay done: {router.counters.trades} trades, {router.counters.invalid} invalid;"
+                " waiting for Spark to process the last offsets")
+            offsets = asyncio.run(end_offsets(bootstrap, settings.kafka.trades_topic))
+            wait_until_caught_up(queries, {settings.kafka.trades_topic: offsets}, timeout_s=120)
+        say("[5/5] stopping Spark and the broker")
+        queries.stop()
+        queries = None
+        # Merge every window's versions now, so the table itself holds one row per window.
+        transport.command("OPTIMIZE TABLE pulse_metrics FINAL")
+        by_symbol, signals, rejects = summarize(transport)
+        return DemoSummary(
+            trades_in=router.counters.trades, published=publisher.stats.published,
+            dead_lettered=router.counters.invalid, skipped_lines=stats.skipped_lines + router.counters.skipped,
+            windows_out=sum(by_symbol.values()), windows_by_symbol=by_symbol, signals=signals,
+            rejects=rejects, elapsed_s=time.monotonic() - started, data_dir=settings.data_dir,
+            frame_counters=router.counters,
+        )
+    finally:
+        if queries is not None:
+            queries.stop()
+        if spark is not None:
+            spark.stop()
+        broker.stop()
+        if transport is not None:
+            transport.close()
+
+
+class _NoView:
+    def __enter__(self) -> _NoView:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None

@@ -1,0 +1,114 @@
+"""The one typed settings object of Pulse.
+
+Read once at the entry point (`pulse.cli`) from the environment (prefix `PULSE_`, nested fields
+with `__`, e.g. `PULSE_KAFKA__BOOTSTRAP_SERVERS`) and an optional `.env`, then passed inward.
+Library code never reads the environment itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# In a checkout (`make setup`), the JVM jars and the SQL schema sit beside the package; images
+# that install Pulse elsewhere point PULSE_JARS_DIR / PULSE_SCHEMA_DIR at their copies.
+_PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class KafkaSettings(BaseModel):
+    # None means: start the embedded single-node KRaft broker under the data directory.
+    bootstrap_servers: str | None = None
+    trades_topic: str = "pulse.aggtrades.v1"
+    dead_letter_topic: str = "pulse.aggtrades.dlq.v1"
+    partitions: int = Field(default=3, ge=1)
+
+
+class ProducerSettings(BaseModel):
+    symbols: list[str] = Field(default_factory=lambda: ["BTCUSDT"])
+    # Combined streams on the USD-M "market" path; the old /ws and /stream paths went silent in 2026.
+    ws_base_url: str = "wss://fstream.binance.com/market/stream"
+    rest_base_url: str = "https://fapi.binance.com"
+    queue_max: int = Field(default=10_000, ge=1)
+    # aiokafka batching: a few ms of linger lets one request carry hundreds of trades.
+    linger_ms: int = Field(default=5, ge=0)
+    max_batch_bytes: int = Field(default=256 * 1024, ge=1024)
+    compression: Literal["lz4", "zstd", "gzip", "none"] = "lz4"
+    stall_timeout_s: float = Field(default=30.0, gt=0)
+    reconnect_initial_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+    # Binance closes every connection at 24 h; rotate a little before that.
+    rotate_after_s: float = Field(default=23.5 * 3600, gt=0)
+    rest_weight_budget_per_min: int = Field(default=2400, ge=20)
+    metrics_port: int = Field(default=9108, ge=0)
+    shutdown_timeout_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _split_symbols(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("symbols")
+    @classmethod
+    def _upper_symbols(cls, value: list[str]) -> list[str]:
+        return [symbol.upper() for symbol in value]
+
+
+class SparkSettings(BaseModel):
+    master: str = "local[2]"
+    app_name: str = "pulse-processor"
+    trigger_ms: int = Field(default=500, ge=50)
+    watermark_s: float = Field(default=2.0, ge=0)
+    starting_offsets: Literal["earliest", "latest"] = "latest"
+    max_offsets_per_trigger: int | None = Field(default=None, ge=1)
+    shuffle_partitions: int = Field(default=2, ge=1)
+    # None: <data_dir>/checkpoints
+    checkpoint_dir: Path | None = None
+
+
+class SignalSettings(BaseModel):
+    # Dead bands on top of the 1e-9 float tolerance; 0 reproduces the seed's rule exactly.
+    price_deadband_rel: float = Field(default=0.0, ge=0)
+    delta_deadband_rel: float = Field(default=0.0, ge=0)
+
+
+class ClickHouseSettings(BaseModel):
+    transport: Literal["chdb", "http"] = "chdb"
+    database: str = "pulse"
+    # chDB: store under <data_dir>/chdb unless given.
+    chdb_path: Path | None = None
+    host: str = "localhost"
+    port: int = 8123
+    username: str = "pulse_writer"
+    password: SecretStr = SecretStr("")
+    secure: bool = False
+
+
+class PulseSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="PULSE_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    data_dir: Path = Path(".pulse")
+    jars_dir: Path = _PROJECT_ROOT / ".cache" / "jars"
+    schema_dir: Path = _PROJECT_ROOT / "clickhouse" / "schema"
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    producer: ProducerSettings = Field(default_factory=ProducerSettings)
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+    signal: SignalSettings = Field(default_factory=SignalSettings)
+    clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.spark.checkpoint_dir or self.data_dir / "checkpoints"
+
+    @property
+    def chdb_path(self) -> Path:
+        return self.clickhouse.chdb_path or self.data_dir / "chdb"

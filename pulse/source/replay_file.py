@@ -1,0 +1,87 @@
+"""Replay source: recorded aggTrades from a file, as websocket frames.
+
+Accepted, line by line, in one file:
+- JSON aggTrade payloads, bare or in the combined-stream envelope `{"stream": ..., "data": ...}`,
+  optionally behind a recorder prefix `<unix seconds>: ` (cryptofeed's `.raw` recordings);
+- Binance public-data archive CSV (`agg_trade_id, price, quantity, first_trade_id, last_trade_id,
+  transact_time, is_buyer_maker[, is_best_match]`), with or without a header row, with
+  `transact_time` in ms or in µs (spot archives since 2025).
+
+Lines that are neither (recorder configuration, connection URLs, REST snapshots) are counted as
+skipped. Every CSV row becomes the aggTrade payload Binance would have sent, so one parser
+(`binance_schema.parse_frame`) validates every source alike.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+_RECORDER_PREFIX = re.compile(r"^\d+(?:\.\d+)?: ")
+_CSV_COLUMNS = ("agg_trade_id", "price", "quantity", "first_trade_id", "last_trade_id",
+                "transact_time", "is_buyer_maker")
+# Epoch ms stay below 1e13 until the year 2286; µs values are ~1e15 today.
+_MICROSECONDS_ABOVE = 10**14
+
+
+@dataclass(frozen=True, slots=True)
+class RawFrame:
+    text: str
+    # Set when the line was recognised as a trade record but could not be turned into a frame.
+    invalid_reason: str | None = None
+
+
+@dataclass(slots=True)
+class ReplayStats:
+    lines: int = 0
+    skipped_lines: int = 0
+
+
+class ReplayFormatError(ValueError):
+    pass
+
+
+def _csv_row_to_frame(fields: list[str], symbol: str) -> RawFrame:
+    line = ",".join(fields)
+    if len(fields) < len(_CSV_COLUMNS):
+        return RawFrame(line, f"archive CSV row has {len(fields)} columns, expected >= {len(_CSV_COLUMNS)}")
+    agg_id, price, quantity, first_id, last_id, transact_time, maker = fields[: len(_CSV_COLUMNS)]
+    try:
+        trade_time = int(transact_time)
+        ids = int(agg_id), int(first_id), int(last_id)
+    except ValueError:
+        return RawFrame(line, "archive CSV row has a non-integer id or time")
+    if trade_time >= _MICROSECONDS_ABOVE:
+        trade_time //= 1000
+    maker_flag = maker.strip().lower()
+    if maker_flag not in ("true", "false"):
+        return RawFrame(line, f"archive CSV is_buyer_maker must be true/false, got {maker[:20]!r}")
+    payload = {"e": "aggTrade", "E": trade_time, "s": symbol, "a": ids[0], "p": price.strip(),
+               "q": quantity.strip(), "f": ids[1], "l": ids[2], "T": trade_time,
+               "m": maker_flag == "true"}
+    return RawFrame(orjson.dumps(payload).decode())
+
+
+def read_replay_frames(path: Path, symbol: str | None, stats: ReplayStats | None = None
+                       ) -> Iterator[RawFrame]:
+    """Yield one frame per trade record of `path`, in file order."""
+    stats = stats if stats is not None else ReplayStats()
+    with path.open("r", encoding="utf-8", errors="replace") as lines:
+        for raw_line in lines:
+            stats.lines += 1
+            line = _RECORDER_PREFIX.sub("", raw_line.strip(), count=1)
+            if line.startswith("{"):
+                yield RawFrame(line)
+            elif line[:1].isdigit() and "," in line:
+                if not symbol:
+                    raise ReplayFormatError(
+                        f"{path} holds archive CSV rows, which carry no symbol: pass --symbol (e.g. BTCUSDT)"
+                    )
+                yield _csv_row_to_frame(line.split(","), symbol.upper())
+            else:
+                # CSV header, recorder configuration, connection URLs, REST snapshots, blank lines.
+                stats.skipped_lines += 1

@@ -1,0 +1,150 @@
+"""ClickHouse storage: one interface, two transports, same Arrow batches.
+
+- `ChdbTransport`: the ClickHouse engine in this process (chDB), for the embedded default.
+  A chDB store can be opened by one process at a time, so every user of the store in the process
+  shares one transport (and its lock: Spark calls the sink from its callback thread).
+- `HttpTransport`: clickhouse-connect over HTTP, for the docker stack and real servers. Frequent
+  small inserts go through ClickHouse's asynchronous inserts, waited for, as ClickHouse advises.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from pulse.settings import ClickHouseSettings
+
+# ClickHouse's guidance for many small inserts: let the server buffer and merge them into parts,
+# but wait for the flush so that a micro-batch counts as written only once it is durable.
+ASYNC_INSERT_SETTINGS: dict[str, Any] = {
+    "async_insert": 1,
+    "wait_for_async_insert": 1,
+    "async_insert_busy_timeout_ms": 200,
+}
+
+
+class ClickHouseTransport(Protocol):
+    database: str
+
+    def command(self, sql: str) -> None: ...
+
+    def insert_arrow(self, table: str, data: pa.Table) -> None: ...
+
+    def query_arrow(self, sql: str) -> pa.Table: ...
+
+    def query_text(self, sql: str, fmt: str = "PrettyCompactMonoBlock") -> str: ...
+
+    def close(self) -> None: ...
+
+
+def _quote_identifier(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def insert_columns_sql(database: str, table: str, columns: list[str], source: str) -> str:
+    cols = ", ".join(_quote_identifier(c) for c in columns)
+    return (f"INSERT INTO {_quote_identifier(database)}.{_quote_identifier(table)} ({cols}) "
+            f"SELECT {cols} FROM {source}")
+
+
+class ChdbTransport:
+    def __init__(self, path: Path, database: str) -> None:
+        from chdb import session  # noqa: PLC0415 - heavy import only when the engine is used
+
+        path.mkdir(parents=True, exist_ok=True)
+        self.database = database
+        self._session = session.Session(str(path))
+        self._lock = threading.Lock()
+        self._session.query(f"CREATE DATABASE IF NOT EXISTS {_quote_identifier(database)}")
+        self._session.query(f"USE {_quote_identifier(database)}")
+
+    def command(self, sql: str) -> None:
+        with self._lock:
+            self._session.query(sql)
+
+    def insert_arrow(self, table: str, data: pa.Table) -> None:
+        if data.num_rows == 0:
+            return
+        # chDB's Python() table function reads the Arrow table named here from this frame.
+        arrow_batch = data
+        sql = insert_columns_sql(self.database, table, data.column_names, "Python(arrow_batch)")
+        with self._lock:
+            self._session.query(sql)
+        del arrow_batch
+
+    def query_arrow(self, sql: str) -> pa.Table:
+        with self._lock:
+            result = self._session.query(sql, "ArrowTable")
+        table: pa.Table = result
+        return table
+
+    def query_text(self, sql: str, fmt: str = "PrettyCompactMonoBlock") -> str:
+        with self._lock:
+            return str(self._session.query(sql, fmt))
+
+    def close(self) -> None:
+        with self._lock:
+            self._session.close()
+
+
+class HttpTransport:
+    def __init__(self, settings: ClickHouseSettings) -> None:
+        import clickhouse_connect  # noqa: PLC0415
+
+        self.database = settings.database
+        self._client = clickhouse_connect.get_client(
+            host=settings.host, port=settings.port, username=settings.username,
+            password=settings.password.get_secret_value(), database=settings.database,
+            secure=settings.secure, settings=ASYNC_INSERT_SETTINGS,
+        )
+
+    def command(self, sql: str) -> None:
+        self._client.command(sql)
+
+    def insert_arrow(self, table: str, data: pa.Table) -> None:
+        if data.num_rows == 0:
+            return
+        self._client.insert_arrow(table, data, database=self.database, settings=ASYNC_INSERT_SETTINGS)
+
+    def query_arrow(self, sql: str) -> pa.Table:
+        table: pa.Table = self._client.query_arrow(sql)
+        return table
+
+    def query_text(self, sql: str, fmt: str = "PrettyCompactMonoBlock") -> str:
+        return str(self._client.raw_query(f"{sql} FORMAT {fmt}").decode())
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def split_statements(sql_text: str) -> list[str]:
+    """Split a schema file on `;` at line ends, dropping comment-only chunks."""
+    statements = []
+    for chunk in sql_text.split(";\n"):
+        code = "\n".join(line for line in chunk.splitlines() if not line.strip().startswith("--"))
+        if code.strip().rstrip(";").strip():
+            statements.append(code.strip().rstrip(";"))
+    return statements
+
+
+def schema_files(schema_dir: Path) -> list[Path]:
+    files = sorted(schema_dir.glob("*.sql"))
+    if not files:
+        raise FileNotFoundError(f"no *.sql under {schema_dir}: set PULSE_SCHEMA_DIR to the clickhouse/schema folder")
+    return files
+
+
+def apply_schema(transport: ClickHouseTransport, schema_dir: Path) -> None:
+    """Create every table and view from `clickhouse/schema/*.sql` (the same files the server runs)."""
+    for path in schema_files(schema_dir):
+        for statement in split_statements(path.read_text()):
+            transport.command(statement)
+
+
+def open_transport(settings: ClickHouseSettings, chdb_path: Path) -> ClickHouseTransport:
+    if settings.transport == "http":
+        return HttpTransport(settings)
+    return ChdbTransport(chdb_path, settings.database)
