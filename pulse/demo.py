@@ -15,13 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pulse.broker.kafka_publisher import DropOldestQueue, KafkaPublisher, build_kafka_producer
 from pulse.broker.local_kafka import LocalKafkaBroker, end_offsets, ensure_topics
 from pulse.compute.job import PulseQueries, start_queries, wait_until_caught_up
 from pulse.compute.spark_session import build_spark_session
-from pulse.producer import FrameCounters, FrameRouter, replay_frames, run_publisher_until
+from pulse.producer import FrameCounters, replay_to_kafka
 from pulse.settings import PulseSettings
-from pulse.source.replay_file import ReplayStats, read_replay_frames
+from pulse.source.replay_file import ReplayStats
 from pulse.storage.clickhouse import ChdbTransport, ClickHouseTransport, apply_schema
 
 BUNDLED_RECORDING = Path(__file__).resolve().parents[1] / "data" / "recordings" / "binance-usdm-ws-2021-04-05.raw"
@@ -101,21 +100,6 @@ class LiveView:
         self._thread.join(timeout=10)
 
 
-async def _replay(settings: PulseSettings, bootstrap: str, input_path: Path, symbol: str | None,
-                  speed: float | None, stats: ReplayStats) -> tuple[FrameRouter, KafkaPublisher]:
-    queue = DropOldestQueue(settings.producer.queue_max)
-    producer = build_kafka_producer(settings.kafka, settings.producer, bootstrap)
-    await producer.start()
-    try:
-        router = FrameRouter(settings.kafka, queue, source=f"replay:{input_path.name}", default_symbol=symbol)
-        publisher = KafkaPublisher(producer, queue)
-        feeding = asyncio.create_task(replay_frames(read_replay_frames(input_path, symbol, stats), router, speed))
-        await run_publisher_until(publisher, queue, feeding, settings.producer.shutdown_timeout_s * 6)
-        return router, publisher
-    finally:
-        await producer.stop()
-
-
 def summarize(transport: ClickHouseTransport) -> tuple[dict[str, int], dict[str, int], int]:
     by_symbol = transport.query_arrow(
         "SELECT symbol, count() AS windows FROM pulse_metrics FINAL GROUP BY symbol").to_pylist()
@@ -153,7 +137,7 @@ def run_demo(settings: PulseSettings, input_path: Path, symbol: str | None, spee
         say(f"[4/5] replaying {input_path.name} {pace}")
         stats = ReplayStats()
         with LiveView(transport, say) if live_view else _NoView():
-            router, publisher = asyncio.run(_replay(settings, bootstrap, input_path, symbol, speed, stats))
+            router, publisher = asyncio.run(replay_to_kafka(settings, bootstrap, input_path, symbol, speed, stats))
             say(f"      replay done: {router.counters.trades} trades, {router.counters.invalid} invalid;"
                 " waiting for Spark to process the last offsets")
             offsets = asyncio.run(end_offsets(bootstrap, settings.kafka.trades_topic))

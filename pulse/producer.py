@@ -12,12 +12,13 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from pulse.broker.kafka_publisher import DropOldestQueue, KafkaPublisher, OutboundRecord
+from pulse.broker.kafka_publisher import DropOldestQueue, KafkaPublisher, OutboundRecord, build_kafka_producer
 from pulse.broker.trade_message import encode_dead_letter, encode_trade
-from pulse.settings import KafkaSettings
+from pulse.settings import KafkaSettings, PulseSettings
 from pulse.source.binance_schema import InvalidFrame, NotATrade, Trade, parse_frame, to_trade
-from pulse.source.replay_file import RawFrame
+from pulse.source.replay_file import RawFrame, ReplayStats, read_replay_frames
 
 
 def now_ms() -> int:
@@ -116,3 +117,20 @@ async def run_publisher_until(publisher: KafkaPublisher, queue: DropOldestQueue,
     finally:
         queue.close()
         await asyncio.wait_for(publishing, timeout=drain_timeout_s)
+
+
+async def replay_to_kafka(settings: PulseSettings, bootstrap: str, path: Path, symbol: str | None,
+                          speed: float | None, stats: ReplayStats | None = None
+                          ) -> tuple[FrameRouter, KafkaPublisher]:
+    """Replay a recording into the trades topic; returns the router's and publisher's counters."""
+    queue = DropOldestQueue(settings.producer.queue_max)
+    producer = build_kafka_producer(settings.kafka, settings.producer, bootstrap)
+    await producer.start()
+    try:
+        router = FrameRouter(settings.kafka, queue, source=f"replay:{path.name}", default_symbol=symbol)
+        publisher = KafkaPublisher(producer, queue)
+        feeding = asyncio.create_task(replay_frames(read_replay_frames(path, symbol, stats), router, speed))
+        await run_publisher_until(publisher, queue, feeding, settings.producer.shutdown_timeout_s * 6)
+        return router, publisher
+    finally:
+        await producer.stop()

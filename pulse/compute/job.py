@@ -72,6 +72,8 @@ class HealthListener(StreamingQueryListener):
 
     def __init__(self, transport: ClickHouseTransport) -> None:
         self._transport = transport
+        # A Spark session may run other jobs' queries (tests, notebooks): report only ours.
+        self.query_ids: set[str] = set()
 
     def onQueryStarted(self, event: Any) -> None:
         pass
@@ -86,6 +88,8 @@ class HealthListener(StreamingQueryListener):
         import pyarrow as pa  # noqa: PLC0415
 
         progress = event.progress
+        if str(progress.id) not in self.query_ids:
+            return
         late = sum(op.numRowsDroppedByWatermark for op in progress.stateOperators)
         state_rows = sum(op.numRowsTotal for op in progress.stateOperators)
         watermark = (progress.eventTime or {}).get("watermark")
@@ -122,8 +126,10 @@ def _iso_to_ms(value: str | None) -> int | None:
 
 @dataclass
 class PulseQueries:
+    spark: SparkSession
     metrics: StreamingQuery
     rejects: StreamingQuery
+    listener: HealthListener
 
     def all(self) -> list[StreamingQuery]:
         return [self.metrics, self.rejects]
@@ -131,6 +137,7 @@ class PulseQueries:
     def stop(self) -> None:
         for query in self.all():
             query.stop()
+        self.spark.streams.removeListener(self.listener)
 
     def raise_if_failed(self) -> None:
         for query in self.all():
@@ -143,7 +150,8 @@ def start_queries(spark: SparkSession, settings: PulseSettings, bootstrap: str,
                   transport: ClickHouseTransport) -> PulseQueries:
     """Start the metrics and rejects queries; they run until stopped."""
     sink = MetricsSink(transport)
-    spark.streams.addListener(HealthListener(transport))
+    listener = HealthListener(transport)
+    spark.streams.addListener(listener)
     trigger = f"{settings.spark.trigger_ms} milliseconds"
     checkpoints = settings.checkpoint_dir
     parsed = parse_messages(read_kafka(spark, settings, bootstrap))
@@ -168,7 +176,8 @@ def start_queries(spark: SparkSession, settings: PulseSettings, bootstrap: str,
         .foreachBatch(sink.write_rejects)
         .start()
     )
-    return PulseQueries(metrics=metrics, rejects=rejects)
+    listener.query_ids.update({str(metrics.id), str(rejects.id)})
+    return PulseQueries(spark=spark, metrics=metrics, rejects=rejects, listener=listener)
 
 
 def wait_until_caught_up(queries: PulseQueries, end_offsets: dict[str, dict[str, int]],

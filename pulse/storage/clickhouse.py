@@ -40,54 +40,82 @@ class ClickHouseTransport(Protocol):
     def close(self) -> None: ...
 
 
-def _quote_identifier(name: str) -> str:
+def quote_identifier(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
 def insert_columns_sql(database: str, table: str, columns: list[str], source: str) -> str:
-    cols = ", ".join(_quote_identifier(c) for c in columns)
-    return (f"INSERT INTO {_quote_identifier(database)}.{_quote_identifier(table)} ({cols}) "
+    cols = ", ".join(quote_identifier(c) for c in columns)
+    return (f"INSERT INTO {quote_identifier(database)}.{quote_identifier(table)} ({cols}) "
             f"SELECT {cols} FROM {source}")
+
+
+class ChdbEngine:
+    """The in-process ClickHouse engine over one store directory.
+
+    chDB lets one process open a store once, so the engine is shared: every database used in the
+    process gets a `ChdbTransport` view on it, and a lock serialises queries (Spark calls the sink
+    from its callback thread while the live view reads from another).
+    """
+
+    _open: dict[Path, ChdbEngine] = {}  # noqa: RUF012 - process-wide registry by design
+
+    def __init__(self, path: Path) -> None:
+        from chdb import session  # noqa: PLC0415 - heavy import only when the engine is used
+
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._session = session.Session(str(path))
+        self.lock = threading.Lock()
+
+    @classmethod
+    def at(cls, path: Path) -> ChdbEngine:
+        key = path.resolve()
+        if key not in cls._open:
+            cls._open[key] = cls(key)
+        return cls._open[key]
+
+    def query(self, sql: str, database: str, fmt: str = "CSV") -> object:
+        with self.lock:
+            self._session.query(f"USE {quote_identifier(database)}")
+            return self._session.query(sql, fmt)
+
+    def insert_arrow(self, sql: str, arrow_batch: pa.Table) -> None:
+        # chDB's Python() table function finds the Arrow table by its variable name in this frame.
+        with self.lock:
+            self._session.query(sql.replace("{source}", "Python(arrow_batch)"))
+
+    def close(self) -> None:
+        with self.lock:
+            self._session.close()
+        ChdbEngine._open.pop(self.path, None)
 
 
 class ChdbTransport:
     def __init__(self, path: Path, database: str) -> None:
-        from chdb import session  # noqa: PLC0415 - heavy import only when the engine is used
-
-        path.mkdir(parents=True, exist_ok=True)
         self.database = database
-        self._session = session.Session(str(path))
-        self._lock = threading.Lock()
-        self._session.query(f"CREATE DATABASE IF NOT EXISTS {_quote_identifier(database)}")
-        self._session.query(f"USE {_quote_identifier(database)}")
+        self.engine = ChdbEngine.at(path)
+        with self.engine.lock:
+            self.engine._session.query(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)}")
 
     def command(self, sql: str) -> None:
-        with self._lock:
-            self._session.query(sql)
+        self.engine.query(sql, self.database)
 
     def insert_arrow(self, table: str, data: pa.Table) -> None:
         if data.num_rows == 0:
             return
-        # chDB's Python() table function reads the Arrow table named here from this frame.
-        arrow_batch = data
-        sql = insert_columns_sql(self.database, table, data.column_names, "Python(arrow_batch)")
-        with self._lock:
-            self._session.query(sql)
-        del arrow_batch
+        self.engine.insert_arrow(insert_columns_sql(self.database, table, data.column_names, "{source}"), data)
 
     def query_arrow(self, sql: str) -> pa.Table:
-        with self._lock:
-            result = self._session.query(sql, "ArrowTable")
-        table: pa.Table = result
+        table: pa.Table = self.engine.query(sql, self.database, "ArrowTable")
         return table
 
     def query_text(self, sql: str, fmt: str = "PrettyCompactMonoBlock") -> str:
-        with self._lock:
-            return str(self._session.query(sql, fmt))
+        return str(self.engine.query(sql, self.database, fmt))
 
     def close(self) -> None:
-        with self._lock:
-            self._session.close()
+        """Close the engine (the whole store): call once, when the process is done with it."""
+        self.engine.close()
 
 
 class HttpTransport:

@@ -1,0 +1,90 @@
+"""Real parts for integration tests, started by the project itself, once per pytest process.
+
+- `kafka`: the embedded KRaft broker (Apache Kafka 4.1, jars from `make setup`).
+- `spark`: pyspark in local mode with the official Kafka connector.
+- `chdb_engine`: the in-process ClickHouse engine; tests get their own database from `database`.
+Topics and databases are unique per test, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pulse.broker.local_kafka import LocalKafkaBroker, ensure_topics
+from pulse.settings import KafkaSettings, PulseSettings
+from pulse.storage.clickhouse import ChdbEngine, ChdbTransport, apply_schema
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("pulse-run")
+
+
+@pytest.fixture(scope="session")
+def base_settings(run_dir: Path) -> PulseSettings:
+    return PulseSettings(_env_file=None, data_dir=run_dir)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+def kafka(base_settings: PulseSettings) -> Iterator[LocalKafkaBroker]:
+    broker = LocalKafkaBroker(base_settings.jars_dir, base_settings.data_dir)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def spark(base_settings: PulseSettings):  # type: ignore[no-untyped-def]
+    from pulse.compute.spark_session import build_spark_session
+
+    session = build_spark_session(base_settings)
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def chdb_engine(base_settings: PulseSettings) -> Iterator[ChdbEngine]:
+    engine = ChdbEngine.at(base_settings.chdb_path)
+    yield engine
+    engine.close()
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def topics(kafka: LocalKafkaBroker) -> KafkaSettings:
+    """Fresh trades and dead-letter topics for one test."""
+    settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, trades_topic=unique_name("trades"),
+                             dead_letter_topic=unique_name("dlq"), partitions=3)
+    asyncio.run(ensure_topics(kafka.bootstrap, [settings.trades_topic, settings.dead_letter_topic],
+                              settings.partitions))
+    return settings
+
+
+@pytest.fixture
+def database(chdb_engine: ChdbEngine, base_settings: PulseSettings) -> ChdbTransport:
+    """A fresh ClickHouse database with the Pulse schema, for one test."""
+    transport = ChdbTransport(base_settings.chdb_path, unique_name("pulse_test"))
+    apply_schema(transport, base_settings.schema_dir)
+    return transport
+
+
+@pytest.fixture
+def settings(base_settings: PulseSettings, topics: KafkaSettings, database: ChdbTransport,
+             tmp_path: Path) -> PulseSettings:
+    """Settings of one test: its topics, its database, its checkpoints, replay from the start."""
+    return base_settings.model_copy(update={
+        "kafka": topics,
+        "clickhouse": base_settings.clickhouse.model_copy(update={"database": database.database}),
+        "spark": base_settings.spark.model_copy(update={
+            "starting_offsets": "earliest", "checkpoint_dir": tmp_path / "checkpoints", "trigger_ms": 250}),
+    })

@@ -1,0 +1,107 @@
+"""An independent computation of Pulse's window metrics, straight from raw recordings.
+
+It deliberately imports nothing from `pulse`: it reads the recording files with its own parser
+and applies the definitions of the foundation issue with exact decimal arithmetic, so a bug in
+the code under test cannot hide in a shared helper.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+_PREFIX = re.compile(r"^\d+(\.\d+)?: ")
+
+
+@dataclass(frozen=True)
+class RefTrade:
+    symbol: str
+    agg_id: int
+    price: Decimal
+    qty: Decimal
+    time_ms: int
+    buyer_maker: bool
+
+
+def trades_from_recording(path: Path, symbol: str | None = None) -> list[RefTrade]:
+    trades = []
+    for line in path.read_text().splitlines():
+        line = _PREFIX.sub("", line.strip(), count=1)
+        if line.startswith("{"):
+            frame = json.loads(line)
+            data = frame.get("data", frame)
+            if data.get("e") != "aggTrade":
+                continue
+            trades.append(RefTrade(data.get("s", symbol), int(data["a"]), Decimal(data["p"]), Decimal(data["q"]),
+                                   int(data["T"]), bool(data["m"])))
+        elif line[:1].isdigit():
+            row = next(csv.reader([line]))
+            time_value = int(row[5])
+            if time_value > 10**14:
+                time_value //= 1000
+            trades.append(RefTrade(symbol or "", int(row[0]), Decimal(row[1]), Decimal(row[2]), time_value,
+                                   row[6].strip().lower() == "true"))
+    return trades
+
+
+@dataclass(frozen=True)
+class RefWindow:
+    symbol: str
+    window_start_ms: int
+    vwap: float
+    net_delta: float
+    buy_pressure_pct: float
+    total_volume: float
+    trade_count: int
+    avg_price: float
+    signal: str
+    open: float
+    high: float
+    low: float
+    close: float
+    first_agg_id: int
+    last_agg_id: int
+
+
+_TOLERANCE = Decimal("1e-9")
+
+
+def _compare(left: Decimal, right: Decimal, magnitude: Decimal) -> int:
+    """-1, 0, 1 as `left` is below, within 1e-9 of `magnitude` of, or above `right`."""
+    if abs(left - right) <= _TOLERANCE * magnitude:
+        return 0
+    return 1 if left > right else -1
+
+
+def _signal(avg: Decimal, vwap: Decimal, buy: Decimal, sell: Decimal) -> str:
+    price = _compare(avg, vwap, max(abs(avg), abs(vwap)))
+    delta = _compare(buy, sell, buy + sell)
+    return {(1, 1): "STRONG BUY", (-1, -1): "STRONG SELL", (-1, 1): "ACCUMULATING",
+            (1, -1): "DISTRIBUTING"}.get((price, delta), "NEUTRAL")
+
+
+def reference_windows(trades: list[RefTrade]) -> dict[tuple[str, int], RefWindow]:
+    groups: dict[tuple[str, int], list[RefTrade]] = defaultdict(list)
+    for trade in trades:
+        groups[(trade.symbol, trade.time_ms - trade.time_ms % 1000)].append(trade)
+    windows = {}
+    for key, group in groups.items():
+        group.sort(key=lambda t: t.agg_id)
+        volume = sum(t.qty for t in group)
+        buy = sum(t.qty for t in group if not t.buyer_maker)
+        sell = volume - buy
+        vwap = sum(t.price * t.qty for t in group) / volume
+        avg = sum(t.price for t in group) / len(group)
+        windows[key] = RefWindow(
+            symbol=key[0], window_start_ms=key[1], vwap=float(vwap), net_delta=float(buy - sell),
+            buy_pressure_pct=float(100 * buy / volume), total_volume=float(volume), trade_count=len(group),
+            avg_price=float(avg), signal=_signal(avg, vwap, buy, sell), open=float(group[0].price),
+            high=float(max(t.price for t in group)), low=float(min(t.price for t in group)),
+            close=float(group[-1].price), first_agg_id=group[0].agg_id, last_agg_id=group[-1].agg_id,
+        )
+    return windows
