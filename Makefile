@@ -8,7 +8,7 @@ MVN := mvn -q -B
 DATA_DIR ?= .pulse
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-unit test-integration lint fmt bench clean
+.PHONY: help setup demo test test-unit lint fmt bench bench-producer bench-processor clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -47,6 +47,14 @@ lint: setup ## ruff and mypy over the whole code base
 
 fmt: setup ## apply ruff's fixes
 	$(VENV)/bin/ruff check --fix pulse tests bench
+
+bench: bench-producer bench-processor ## run every benchmark; results go to docs/benchmarks.md
+
+bench-producer: setup ## producer throughput and added latency vs a send_and_wait-per-message producer
+	$(PY) -m bench.producer_bench
+
+bench-processor: setup ## processor freshness (trade time -> visible in ClickHouse) and sustained rate
+	$(PY) -m bench.processor_bench
 
 clean: ## remove the venv, the jar cache and local run data
 	rm -rf $(VENV) .cache $(DATA_DIR)
