@@ -41,7 +41,7 @@ def kafka(base_settings: PulseSettings) -> Iterator[LocalKafkaBroker]:
 
 
 @pytest.fixture(scope="session")
-def spark(base_settings: PulseSettings):  # type: ignore[no-untyped-def]
+def spark(base_settings: PulseSettings):
     from pulse.compute.spark_session import build_spark_session
 
     session = build_spark_session(base_settings)

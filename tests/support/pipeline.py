@@ -31,8 +31,9 @@ def process_topic(spark: Any, settings: PulseSettings, bootstrap: str, transport
 
 
 def metrics_rows(transport: ClickHouseTransport) -> list[dict[str, Any]]:
-    return transport.query_arrow(
+    rows: list[dict[str, Any]] = transport.query_arrow(
         "SELECT *, toUnixTimestamp64Milli(window_start) AS window_start_ms,"
         " toUnixTimestamp64Milli(window_end) AS window_end_ms FROM pulse_metrics FINAL"
         " ORDER BY symbol, window_start"
     ).to_pylist()
+    return rows

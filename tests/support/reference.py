@@ -30,8 +30,8 @@ class RefTrade:
 
 def trades_from_recording(path: Path, symbol: str | None = None) -> list[RefTrade]:
     trades = []
-    for line in path.read_text().splitlines():
-        line = _PREFIX.sub("", line.strip(), count=1)
+    for raw_line in path.read_text().splitlines():
+        line = _PREFIX.sub("", raw_line.strip(), count=1)
         if line.startswith("{"):
             frame = json.loads(line)
             data = frame.get("data", frame)
@@ -92,11 +92,12 @@ def reference_windows(trades: list[RefTrade]) -> dict[tuple[str, int], RefWindow
     windows = {}
     for key, group in groups.items():
         group.sort(key=lambda t: t.agg_id)
-        volume = sum(t.qty for t in group)
-        buy = sum(t.qty for t in group if not t.buyer_maker)
+        zero = Decimal(0)
+        volume = sum((t.qty for t in group), zero)
+        buy = sum((t.qty for t in group if not t.buyer_maker), zero)
         sell = volume - buy
-        vwap = sum(t.price * t.qty for t in group) / volume
-        avg = sum(t.price for t in group) / len(group)
+        vwap = sum((t.price * t.qty for t in group), zero) / volume
+        avg = sum((t.price for t in group), zero) / len(group)
         windows[key] = RefWindow(
             symbol=key[0], window_start_ms=key[1], vwap=float(vwap), net_delta=float(buy - sell),
             buy_pressure_pct=float(100 * buy / volume), total_volume=float(volume), trade_count=len(group),

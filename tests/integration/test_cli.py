@@ -1,0 +1,101 @@
+"""The documented commands, run as a user runs them: `make demo`, `pulse demo --input`, `pulse sql`,
+and an interrupted demo that must leave no broker or Spark JVM behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.support.recordings import ARCHIVE_CSV, ROOT, USDM_RAW, recording
+from tests.support.reference import reference_windows, trades_from_recording
+
+pytestmark = pytest.mark.integration
+PULSE = str(Path(sys.executable).with_name("pulse"))
+
+
+def run(*args: str, timeout: float = 300, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, cwd=cwd, check=False)
+    assert result.returncode == 0, f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def sql_rows(data_dir: Path, query: str) -> list[dict]:
+    output = run(PULSE, "sql", query, "--data-dir", str(data_dir), "--format", "JSONEachRow").stdout
+    return [json.loads(line) for line in output.splitlines() if line.strip()]
+
+
+def java_processes_under(folder: Path) -> list[str]:
+    listing = subprocess.run(["ps", "-eww", "-o", "pid,args"], capture_output=True, text=True, check=True).stdout
+    return [line for line in listing.splitlines() if "java" in line and str(folder) in line]
+
+
+def jvm_children(pid: int) -> list[psutil.Process]:
+    return [child for child in psutil.Process(pid).children(recursive=True) if "java" in child.name()]
+
+
+def test_make_demo_then_pulse_sql(tmp_path):
+    data_dir = tmp_path / "demo"
+    result = run("make", "demo", f"DATA_DIR={data_dir}")
+    assert "== Pulse demo summary" in result.stdout
+    assert "-- newest windows" in result.stdout, "the live view printed nothing while the demo ran"
+    expected = reference_windows(trades_from_recording(recording(USDM_RAW)))
+    per_symbol = {row["symbol"]: int(row["count()"]) for row in
+                  sql_rows(data_dir, "SELECT symbol, count() FROM pulse_metrics GROUP BY symbol")}
+    want: dict[str, int] = {}
+    for symbol, _ in expected:
+        want[symbol] = want.get(symbol, 0) + 1
+    assert per_symbol == want
+    assert f"windows out:      {len(expected)} " in result.stdout
+    assert not java_processes_under(data_dir)
+
+
+def test_pulse_demo_replays_an_archive_csv(tmp_path):
+    data_dir = tmp_path / "csv"
+    path = recording(ARCHIVE_CSV)
+    result = run(PULSE, "demo", "--input", str(path), "--symbol", "BTCUSDT", "--speed", "max",
+                 "--data-dir", str(data_dir), "--no-live-view")
+    expected = reference_windows(trades_from_recording(path, "BTCUSDT"))
+    assert "trades in:        5000 " in result.stdout
+    rows = sql_rows(data_dir, "SELECT toUnixTimestamp64Milli(window_start) AS ws, signal, trade_count"
+                              " FROM pulse_metrics ORDER BY ws")
+    assert {(r["ws"], r["signal"], r["trade_count"]) for r in rows} == {
+        (w.window_start_ms, w.signal, w.trade_count) for w in expected.values()}
+    assert "CSV" not in run(PULSE, "sql", "SELECT 1", "--data-dir", str(data_dir), "--format", "CSV").stdout
+
+
+def test_interrupted_demo_leaves_no_process_behind(tmp_path):
+    data_dir = tmp_path / "interrupted"
+    demo = subprocess.Popen([PULSE, "demo", "--data-dir", str(data_dir), "--speed", "1"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert demo.stdout is not None
+        seen = []
+        for line in demo.stdout:
+            seen.append(line)
+            if line.startswith("[4/5]"):
+                break
+        jvms = jvm_children(demo.pid)
+        assert len(jvms) >= 2, f"expected the broker and Spark JVMs while replaying, found {jvms}:\n{''.join(seen)}"
+        os.kill(demo.pid, signal.SIGINT)
+        output = demo.communicate(timeout=120)[0]
+        assert demo.returncode == 130, output[-2000:]
+        _, alive = psutil.wait_procs(jvms, timeout=30)
+        assert not alive, f"JVMs outlived the interrupted demo: {alive}"
+        assert not java_processes_under(data_dir)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+
+
+def test_make_help_lists_the_entry_points():
+    output = run("make", "help").stdout
+    for target in ("setup", "demo", "test", "lint", "bench"):
+        assert f"make {target} " in output
