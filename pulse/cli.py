@@ -31,6 +31,22 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", type=Path, default=None, help="where broker, checkpoints and results live")
     demo.add_argument("--no-live-view", action="store_true", help="print only progress and the summary")
 
+    produce = commands.add_parser("produce", help="run the producer: Binance (or a replay, or synthetic) -> Kafka")
+    produce.add_argument("--symbols", default=None, help="comma-separated, e.g. BTCUSDT,ETHUSDT (default: settings)")
+    produce.add_argument("--source", choices=["live", "replay", "synthetic"], default="live")
+    produce.add_argument("--market", choices=["usdm", "spot"], default=None,
+                         help="Binance market of the live source (default: settings, USD-M futures)")
+    produce.add_argument("--input", type=Path, default=None, help="recording for --source replay")
+    produce.add_argument("--symbol", default=None, help="symbol for recordings that carry none (archive CSV)")
+    produce.add_argument("--speed", type=_speed, default=None,
+                         help="replay pace: multiple of the recorded pace, or 'max' (default)")
+    produce.add_argument("--rate", type=float, default=1000.0, help="synthetic trades per second (default 1000)")
+    produce.add_argument("--total", type=int, default=None, help="synthetic: stop after this many trades")
+    produce.add_argument("--bootstrap-servers", default=None,
+                         help="Kafka (default: settings; none there starts the embedded broker)")
+    produce.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics and /health port")
+    produce.add_argument("--data-dir", type=Path, default=None, help="where the embedded broker keeps its data")
+
     sql = commands.add_parser("sql", help="query the results of a run (chDB store in the data directory)")
     sql.add_argument("query", help='e.g. "SELECT symbol, count() FROM pulse_metrics GROUP BY symbol"')
     sql.add_argument("--data-dir", type=Path, default=None)
@@ -58,6 +74,51 @@ def _run_demo(args: argparse.Namespace, settings: PulseSettings) -> int:
     return 0
 
 
+_SPOT = {"ws_base_url": "wss://stream.binance.com:9443/stream", "rest_base_url": "https://api.binance.com",
+         "rest_agg_trades_path": "/api/v3/aggTrades"}
+
+
+def _run_produce(args: argparse.Namespace, settings: PulseSettings) -> int:
+    import asyncio  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
+    from pulse.broker.local_kafka import LocalKafkaBroker  # noqa: PLC0415
+    from pulse.producer import SourceChoice, serve_producer  # noqa: PLC0415
+    from pulse.producer_metrics import configure_json_logging  # noqa: PLC0415
+
+    updates: dict[str, object] = dict(_SPOT) if args.market == "spot" else {}
+    if args.symbols:
+        updates["symbols"] = args.symbols
+    if args.metrics_port is not None:
+        updates["metrics_port"] = args.metrics_port
+    producer_settings = type(settings.producer).model_validate({**settings.producer.model_dump(), **updates})
+    settings = settings.model_copy(update={"producer": producer_settings})
+    source = SourceChoice(kind=args.source, input=args.input, symbol=args.symbol, speed=args.speed,
+                          rate_per_s=args.rate, total=args.total)
+    configure_json_logging()
+    bootstrap = args.bootstrap_servers or settings.kafka.bootstrap_servers
+    broker = None if bootstrap else LocalKafkaBroker(settings.jars_dir, settings.data_dir)
+
+    async def produce() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        service = await serve_producer(settings, bootstrap or broker.bootstrap, source, stop)  # type: ignore[union-attr]
+        counters, stats = service.router.counters, service.publisher.stats if service.publisher else None
+        _say(f"stopped: {counters.frames} frames, {counters.trades} trades, {counters.invalid} invalid, "
+             f"{stats.published if stats else 0} published, {sum(service.queue.dropped.values())} dropped")
+
+    try:
+        if broker is not None:
+            broker.start()
+        asyncio.run(produce())
+    finally:
+        if broker is not None:
+            broker.stop()
+    return 0
+
+
 def _run_sql(args: argparse.Namespace, settings: PulseSettings) -> int:
     from pulse.storage.clickhouse import ChdbTransport  # noqa: PLC0415
 
@@ -76,7 +137,7 @@ def _run_sql(args: argparse.Namespace, settings: PulseSettings) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     settings = _settings_for(args)
-    handlers = {"demo": _run_demo, "sql": _run_sql}
+    handlers = {"demo": _run_demo, "produce": _run_produce, "sql": _run_sql}
     try:
         return handlers[args.command](args, settings)
     except KeyboardInterrupt:

@@ -23,6 +23,8 @@ class KafkaSettings(BaseModel):
     bootstrap_servers: str | None = None
     trades_topic: str = "pulse.aggtrades.v1"
     dead_letter_topic: str = "pulse.aggtrades.dlq.v1"
+    # Aggregate-id ranges the producer could not recover (pulse.broker.trade_message.encode_gap).
+    gaps_topic: str = "pulse.aggtrades.gaps.v1"
     partitions: int = Field(default=3, ge=1)
 
 
@@ -31,6 +33,8 @@ class ProducerSettings(BaseModel):
     # Combined streams on the USD-M "market" path; the old /ws and /stream paths went silent in 2026.
     ws_base_url: str = "wss://fstream.binance.com/market/stream"
     rest_base_url: str = "https://fapi.binance.com"
+    # Spot: ws_base_url wss://stream.binance.com:9443/stream, rest https://api.binance.com, /api/v3/aggTrades.
+    rest_agg_trades_path: str = "/fapi/v1/aggTrades"
     queue_max: int = Field(default=10_000, ge=1)
     # aiokafka batching: a few ms of linger lets one request carry hundreds of trades.
     linger_ms: int = Field(default=5, ge=0)
@@ -41,7 +45,17 @@ class ProducerSettings(BaseModel):
     reconnect_max_s: float = Field(default=30.0, gt=0)
     # Binance closes every connection at 24 h; rotate a little before that.
     rotate_after_s: float = Field(default=23.5 * 3600, gt=0)
+    # Both connections deliver during the overlap; duplicates are dropped by aggregate id.
+    rotate_overlap_s: float = Field(default=5.0, ge=0)
     rest_weight_budget_per_min: int = Field(default=2400, ge=20)
+    # A gap may be frames still in flight on the other connection during a rotation: wait this
+    # long before asking REST, then give up on what REST cannot return after gap_fill_timeout_s.
+    gap_grace_s: float = Field(default=0.5, ge=0)
+    gap_fill_timeout_s: float = Field(default=30.0, gt=0)
+    # aiokafka: how long a batch may wait for an absent broker before it is re-queued.
+    request_timeout_ms: int = Field(default=30_000, ge=1000)
+    # /health turns unready when records wait and no ack came for this long.
+    health_ack_stale_s: float = Field(default=10.0, gt=0)
     metrics_port: int = Field(default=9108, ge=0)
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
 

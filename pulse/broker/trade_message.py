@@ -45,3 +45,12 @@ def encode_dead_letter(raw: str | bytes, reason: str, source: str, received_ms: 
         {"schema_version": SCHEMA_VERSION, "reason": reason, "source": source,
          "received_at": received_ms, "raw": text}
     )
+
+
+def encode_gap(symbol: str, first_missing_id: int, last_missing_id: int, reason: str, detected_ms: int) -> bytes:
+    """Gap event (docs/gap-event.v1.schema.json): aggregate ids of `symbol` that were never published."""
+    return orjson.dumps(
+        {"schema_version": SCHEMA_VERSION, "symbol": symbol, "first_missing_id": first_missing_id,
+         "last_missing_id": last_missing_id, "missing_count": last_missing_id - first_missing_id + 1,
+         "reason": reason, "detected_at": detected_ms}
+    )

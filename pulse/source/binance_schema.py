@@ -153,3 +153,13 @@ def to_trade(wire: BinanceAggTrade, ingest_time_ms: int) -> Trade:
         ingest_time_ms=ingest_time_ms,
         quantity_no_rpi=float(wire.nq) if wire.nq is not None else None,
     )
+
+
+def agg_trade_from_rest(item: Any, symbol: str) -> BinanceAggTrade:
+    """One element of REST `GET /fapi/v1/aggTrades` (keys a,p,q,f,l,T,m; no e/E/s) as a wire record.
+
+    REST carries no event time, so `E` is the trade time: the trade was never "sent" live.
+    """
+    if not isinstance(item, dict):
+        raise InvalidFrame(f"REST aggTrade must be a JSON object, got {type(item).__name__}")
+    return agg_trade_from_payload({**item, "e": "aggTrade", "E": item.get("T"), "s": symbol})

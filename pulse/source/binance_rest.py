@@ -1,0 +1,126 @@
+"""Binance REST `aggTrades`, the one REST call the producer makes: filling gaps of the live stream.
+
+`GET /fapi/v1/aggTrades?symbol=..&fromId=..&limit=1000` costs 20 weight of the 2,400-per-minute
+IP budget. `WeightBudget` spends that budget evenly (a token bucket refilled continuously), and
+a 429 (rate limited) or 418 (IP banned for ignoring 429s) stops every call until `Retry-After`
+has passed: hammering on would turn a minute's pause into a ban of hours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+
+import aiohttp
+import orjson
+
+from pulse.source.binance_schema import BinanceAggTrade, InvalidFrame, agg_trade_from_rest
+
+AGG_TRADES_WEIGHT = 20
+AGG_TRADES_LIMIT = 1000
+_RATE_LIMITED = (429, 418)
+_MAX_ATTEMPTS = 4
+
+
+class RestError(RuntimeError):
+    """The aggTrades call failed for good (HTTP status, bad payload, attempts exhausted)."""
+
+
+class WeightBudget:
+    """Token bucket over Binance's request weight, shared by every REST call of one process."""
+
+    def __init__(self, weight_per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._capacity = float(weight_per_minute)
+        self._per_second = weight_per_minute / 60.0
+        self._available = float(weight_per_minute)
+        self._clock = clock
+        self._updated = clock()
+        self._paused_until = 0.0
+        self.waited_s = 0.0
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._available = min(self._capacity, self._available + (now - self._updated) * self._per_second)
+        self._updated = now
+
+    def delay_for(self, weight: int) -> float:
+        """Seconds to wait before `weight` may be spent (0 when it can be spent now)."""
+        self._refill()
+        pause = max(0.0, self._paused_until - self._clock())
+        shortfall = max(0.0, weight - self._available) / self._per_second
+        return max(pause, shortfall)
+
+    def spend(self, weight: int) -> None:
+        self._refill()
+        self._available -= weight
+
+    def pause(self, seconds: float) -> None:
+        self._paused_until = max(self._paused_until, self._clock() + seconds)
+
+    async def acquire(self, weight: int) -> None:
+        while (delay := self.delay_for(weight)) > 0:
+            self.waited_s += delay
+            await asyncio.sleep(delay)
+        self.spend(weight)
+
+
+def _retry_after_s(headers: Mapping[str, str], default: float) -> float:
+    value = headers.get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else default
+    except ValueError:
+        return default
+
+
+class BinanceRest:
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, agg_trades_path: str,
+                 budget: WeightBudget, server_error_pause_s: float = 1.0) -> None:
+        self._session = session
+        self._url = base_url.rstrip("/") + agg_trades_path
+        self._budget = budget
+        self._server_error_pause_s = server_error_pause_s
+        self.calls = 0
+        self.rate_limited = 0
+
+    async def agg_trades(self, symbol: str, from_id: int, limit: int = AGG_TRADES_LIMIT) -> list[BinanceAggTrade]:
+        """Up to `limit` aggTrades of `symbol` from id `from_id` on, in id order."""
+        params = {"symbol": symbol, "fromId": str(from_id), "limit": str(min(limit, AGG_TRADES_LIMIT))}
+        last_problem = "no attempt"
+        for _ in range(_MAX_ATTEMPTS):
+            await self._budget.acquire(AGG_TRADES_WEIGHT)
+            self.calls += 1
+            try:
+                async with self._session.get(self._url, params=params) as response:
+                    body = await response.read()
+                    status, headers = response.status, response.headers
+            except (aiohttp.ClientError, TimeoutError) as error:
+                last_problem = f"request failed: {error!r}"
+                await asyncio.sleep(self._server_error_pause_s)
+                continue
+            if status in _RATE_LIMITED:
+                self.rate_limited += 1
+                self._budget.pause(_retry_after_s(headers, default=60.0))
+                last_problem = f"HTTP {status}"
+                continue
+            if status >= 500:
+                last_problem = f"HTTP {status}"
+                await asyncio.sleep(self._server_error_pause_s)
+                continue
+            if status != 200:
+                raise RestError(f"aggTrades {symbol} fromId={from_id}: HTTP {status} {body[:200]!r}")
+            return self._parse(body, symbol)
+        raise RestError(f"aggTrades {symbol} fromId={from_id}: {last_problem} after {_MAX_ATTEMPTS} attempts")
+
+    @staticmethod
+    def _parse(body: bytes, symbol: str) -> list[BinanceAggTrade]:
+        try:
+            items = orjson.loads(body)
+        except orjson.JSONDecodeError as error:
+            raise RestError(f"aggTrades reply is not JSON: {error}") from None
+        if not isinstance(items, list):
+            raise RestError(f"aggTrades reply must be a JSON array, got {type(items).__name__}")
+        try:
+            return sorted((agg_trade_from_rest(item, symbol) for item in items), key=lambda trade: trade.a)
+        except InvalidFrame as invalid:
+            raise RestError(f"aggTrades reply holds an invalid trade: {invalid.reason}") from None

@@ -1,0 +1,213 @@
+"""A local stand-in for Binance: a real websocket server and a real REST server on 127.0.0.1.
+
+It plays real recorded aggTrades in Binance's documented formats: combined-stream envelopes
+`{"stream": "<symbol>@aggTrade", "data": {...}}` on the USD-M market path
+`/market/stream?streams=...`, and `GET /fapi/v1/aggTrades?symbol=&fromId=&limit=` answering a
+JSON array of `{a, p, q, f, l, T, m}`. Like the exchange, its tape runs on whether or not anyone
+listens: trades that pass while a client is away are gone from the wire but still on REST.
+The old `/ws` and `/stream` paths accept connections and then stay silent, as Binance's do now.
+
+Controls for failure tests: close every connection, stall (connections open, nothing sent),
+withhold chosen trades from the wire (REST still has them), make chosen trades unfillable (REST
+leaves them out too), inject raw frames, and answer REST calls with 429 + Retry-After.
+It imports nothing from `pulse`: it stands in for the exchange only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from aiohttp import web
+from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
+
+_PREFIX = re.compile(r"^\d+(\.\d+)?: ")
+_REST_KEYS = ("a", "p", "q", "f", "l", "T", "m")
+
+
+def agg_trades_from_recording(path: Path) -> list[dict[str, Any]]:
+    """The aggTrade payloads of a cryptofeed `.raw` recording, in file order, as Binance sent them."""
+    payloads = []
+    for raw_line in path.read_text().splitlines():
+        line = _PREFIX.sub("", raw_line.strip(), count=1)
+        if not line.startswith("{"):
+            continue
+        frame = json.loads(line)
+        data = frame.get("data", frame)
+        if isinstance(data, dict) and data.get("e") == "aggTrade":
+            payloads.append(data)
+    return payloads
+
+
+@dataclass(frozen=True)
+class Subscription:
+    connection: ServerConnection
+    symbols: frozenset[str]  # upper case; empty: a silent legacy path
+
+
+class BinanceDouble:
+    def __init__(self, tape: list[dict[str, Any]], frames_per_s: float = 1000.0) -> None:
+        self.tape = tape
+        self.frames_per_s = frames_per_s
+        self.by_symbol: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for payload in tape:
+            self.by_symbol[payload["s"]].append(payload)
+        self.cursor = 0  # trades before the cursor have happened
+        self.withheld: set[tuple[str, int]] = set()
+        self.unfillable: set[tuple[str, int]] = set()
+        self.stalled = False
+        self.rate_limit_next = 0
+        self.retry_after_s = 1
+        self.subscriptions: dict[ServerConnection, Subscription] = {}
+        self.connections_seen = 0
+        self.rest_calls = 0
+        self.rest_rate_limited = 0
+        self.sent_frames = 0
+        self.first_connection = asyncio.Event()
+        self.finished = asyncio.Event()
+        self._injected: list[str] = []
+        self._ws_server: Server | None = None
+        self._rest_runner: web.AppRunner | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self.ws_port = 0
+        self.rest_port = 0
+
+    # -- addresses ------------------------------------------------------------------------------
+
+    @property
+    def ws_base_url(self) -> str:
+        return f"ws://127.0.0.1:{self.ws_port}/market/stream"
+
+    @property
+    def rest_base_url(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    # -- controls -------------------------------------------------------------------------------
+
+    async def close_connections(self) -> None:
+        """The server drops every connection (as Binance does at 24 h or on maintenance)."""
+        for connection in list(self.subscriptions):
+            await connection.close(code=1001, reason="double: going away")
+
+    def inject(self, raw_frames: list[str]) -> None:
+        """Send these frames verbatim, in order, on the next tick, to every connection."""
+        self._injected.extend(raw_frames)
+
+    def withhold(self, symbol: str, ids: range) -> None:
+        self.withheld.update((symbol, trade_id) for trade_id in ids)
+
+    def make_unfillable(self, symbol: str, ids: range) -> None:
+        """These trades are neither sent nor returned by REST: a gap nobody can fill."""
+        self.withhold(symbol, ids)
+        self.unfillable.update((symbol, trade_id) for trade_id in ids)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> BinanceDouble:
+        self._ws_server = await serve(self._serve_ws, "127.0.0.1", 0, max_queue=None)
+        self.ws_port = next(iter(self._ws_server.sockets)).getsockname()[1]
+        app = web.Application()
+        app.router.add_get("/fapi/v1/aggTrades", self._agg_trades)
+        app.router.add_get("/api/v3/aggTrades", self._agg_trades)
+        self._rest_runner = web.AppRunner(app, access_log=None)
+        await self._rest_runner.setup()
+        site = web.TCPSite(self._rest_runner, "127.0.0.1", 0)
+        await site.start()
+        self.rest_port = self._rest_runner.addresses[0][1]
+        self._ticker = asyncio.create_task(self._play())
+        return self
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        if self._ws_server is not None:
+            self._ws_server.close()
+            await self._ws_server.wait_closed()
+        if self._rest_runner is not None:
+            await self._rest_runner.cleanup()
+
+    async def __aenter__(self) -> BinanceDouble:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # -- websocket ------------------------------------------------------------------------------
+
+    async def _serve_ws(self, connection: ServerConnection) -> None:
+        request = connection.request
+        url = urlsplit(request.path if request is not None else "/")
+        streams = parse_qs(url.query).get("streams", [""])[0].split("/")
+        # Binance stream names are lower case; "BTCUSDT@aggTrade" subscribes to nothing.
+        names = [stream.removesuffix("@aggTrade") for stream in streams if stream.endswith("@aggTrade")]
+        symbols = frozenset(name.upper() for name in names if name and name == name.lower()
+                            ) if url.path == "/market/stream" else frozenset()
+        self.subscriptions[connection] = Subscription(connection, symbols)
+        self.connections_seen += 1
+        self.first_connection.set()
+        try:
+            await connection.wait_closed()
+        finally:
+            self.subscriptions.pop(connection, None)
+
+    def _frame(self, payload: dict[str, Any]) -> str:
+        return json.dumps({"stream": f"{payload['s'].lower()}@aggTrade", "data": payload}, separators=(",", ":"))
+
+    async def _play(self) -> None:
+        """Advance the tape at `frames_per_s` from the first connection on, sending to subscribers."""
+        await self.first_connection.wait()
+        tick_s = 0.01
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while True:
+            due = min(len(self.tape), int((loop.time() - started) * self.frames_per_s) + 1)
+            for payload in self.tape[self.cursor:due]:
+                if self.stalled or (payload["s"], payload["a"]) in self.withheld:
+                    continue
+                listeners = [s.connection for s in self.subscriptions.values() if payload["s"] in s.symbols]
+                if listeners:
+                    broadcast(listeners, self._frame(payload))
+                    self.sent_frames += 1
+            self.cursor = max(self.cursor, due)
+            if self._injected and not self.stalled:
+                live = [s.connection for s in self.subscriptions.values() if s.symbols]
+                for raw in self._injected:
+                    broadcast(live, raw)
+                self._injected.clear()
+            if self.cursor >= len(self.tape):
+                self.finished.set()
+            await asyncio.sleep(tick_s)
+
+    # -- REST -----------------------------------------------------------------------------------
+
+    async def _agg_trades(self, request: web.Request) -> web.Response:
+        self.rest_calls += 1
+        if self.rate_limit_next > 0:
+            self.rate_limit_next -= 1
+            self.rest_rate_limited += 1
+            return web.json_response({"code": -1003, "msg": "Too many requests"}, status=429,
+                                     headers={"Retry-After": str(self.retry_after_s)})
+        try:
+            symbol = request.query["symbol"]
+            from_id = int(request.query["fromId"])
+            limit = min(int(request.query.get("limit", "500")), 1000)
+        except (KeyError, ValueError):
+            return web.json_response({"code": -1100, "msg": "Illegal characters found in a parameter."},
+                                     status=400)
+        happened = {(p["s"], p["a"]) for p in self.tape[: self.cursor]}
+        rows = [
+            {key: payload[key] for key in _REST_KEYS}
+            for payload in self.by_symbol.get(symbol, [])
+            if payload["a"] >= from_id and (symbol, payload["a"]) in happened
+            and (symbol, payload["a"]) not in self.unfillable
+        ][:limit]
+        return web.json_response(rows, headers={"X-MBX-USED-WEIGHT-1M": str(20 * self.rest_calls)})
