@@ -51,6 +51,18 @@ def _build_parser() -> argparse.ArgumentParser:
     sql.add_argument("query", help='e.g. "SELECT symbol, count() FROM pulse_metrics GROUP BY symbol"')
     sql.add_argument("--data-dir", type=Path, default=None)
     sql.add_argument("--format", choices=["CSV", "pretty", "TSV", "JSONEachRow"], default="pretty")
+
+    process = commands.add_parser("process", help="run the Spark processor headless until SIGINT/SIGTERM")
+    process.add_argument("--bootstrap-servers", default=None,
+                         help="Kafka bootstrap servers (default: PULSE_KAFKA__BOOTSTRAP_SERVERS)")
+    process.add_argument("--topic", default=None, help="trades topic (default: PULSE_KAFKA__TRADES_TOPIC)")
+    process.add_argument("--starting-offsets", choices=["earliest", "latest"], default=None,
+                         help="where a new checkpoint starts (default: PULSE_SPARK__STARTING_OFFSETS, latest)")
+    process.add_argument("--data-dir", type=Path, default=None, help="checkpoints and the chDB store live here")
+    process.add_argument("--until-idle", type=float, default=None, metavar="SECONDS",
+                         help="stop once the topic is fully processed and no new data came for SECONDS")
+    process.add_argument("--apply-schema", action="store_true",
+                         help="create the tables over HTTP too (chDB stores always get them)")
     return parser
 
 
@@ -134,10 +146,39 @@ def _run_sql(args: argparse.Namespace, settings: PulseSettings) -> int:
     return 0
 
 
+def _run_process(args: argparse.Namespace, settings: PulseSettings) -> int:
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    from pulse.compute.service import run_processor  # noqa: PLC0415 - keeps `pulse sql` light
+
+    kafka = settings.kafka.model_copy(update={
+        k: v for k, v in {"bootstrap_servers": args.bootstrap_servers, "trades_topic": args.topic}.items()
+        if v is not None})
+    spark = settings.spark
+    if args.starting_offsets is not None:
+        spark = spark.model_copy(update={"starting_offsets": args.starting_offsets})
+    settings = settings.model_copy(update={"kafka": kafka, "spark": spark})
+    if not kafka.bootstrap_servers:
+        _say("no Kafka to read from: set PULSE_KAFKA__BOOTSTRAP_SERVERS or pass --bootstrap-servers")
+        return 2
+    stop = threading.Event()
+
+    def _request_stop(signum: int, _frame: object) -> None:
+        _say(f"received {signal.Signals(signum).name}: stopping the queries")
+        stop.set()
+
+    signal.signal(signal.SIGINT, _request_stop)
+    signal.signal(signal.SIGTERM, _request_stop)
+    run_processor(settings, kafka.bootstrap_servers, stop, _say, until_idle_s=args.until_idle,
+                  create_schema=settings.clickhouse.transport == "chdb" or args.apply_schema)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     settings = _settings_for(args)
-    handlers = {"demo": _run_demo, "produce": _run_produce, "sql": _run_sql}
+    handlers = {"demo": _run_demo, "produce": _run_produce, "sql": _run_sql, "process": _run_process}
     try:
         return handlers[args.command](args, settings)
     except KeyboardInterrupt:

@@ -7,8 +7,8 @@ DataFrame (tests) and on a stream (the job). The rules mirror `pulse.compute.met
 from __future__ import annotations
 
 from pyspark.sql import Column, DataFrame
-from pyspark.sql import functions as F  # noqa: N812 - Spark's own idiom
-from pyspark.sql import types as T  # noqa: N812
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from pulse.compute.metrics import RELATIVE_TOLERANCE, Signal
 from pulse.settings import SignalSettings
@@ -36,18 +36,25 @@ _REQUIRED = ("symbol", "price", "quantity", "timestamp", "side", "agg_trade_id",
 def parse_messages(kafka_rows: DataFrame) -> DataFrame:
     """Kafka rows -> `msg` struct plus `reject_reason` (null when the message is a valid trade)."""
     value = F.col("value").cast("string")
+    # Raw values are kept as text; bytes that are not UTF-8 are kept losslessly as base64.
+    raw_value = F.when(F.is_valid_utf8(value), value).otherwise(F.concat(F.lit("base64:"), F.base64("value")))
     parsed = kafka_rows.select(
-        value.alias("raw_value"), "topic", "partition", "offset",
+        raw_value.alias("raw_value"), F.is_valid_utf8(value).alias("utf8"), "topic", "partition", "offset",
         F.col("timestamp").alias("kafka_time"),
         F.from_json(value, TRADE_MESSAGE_SCHEMA, {"mode": "PERMISSIVE"}).alias("msg"),
     )
-    return parsed.withColumn("reject_reason", reject_reason(F.col("msg"), F.col("raw_value")))
+    return parsed.withColumn("reject_reason", reject_reason(F.col("msg"), F.col("raw_value"), F.col("utf8")))
 
 
-def reject_reason(msg: Column, raw_value: Column) -> Column:
+def reject_reason(msg: Column, raw_value: Column, utf8: Column) -> Column:
     """The first thing wrong with a message, or null."""
     reason = F.when(raw_value.isNull(), F.lit("empty message value"))
-    reason = reason.when(msg.isNull(), F.lit("value is not a JSON object"))
+    reason = reason.when(~utf8, F.lit("value is not UTF-8 text (raw_value holds it as base64)"))
+    # from_json is lenient (a malformed value can come back as a struct of nulls), so ask the
+    # strict parser whether the value is JSON at all before blaming a field.
+    reason = reason.when(F.try_parse_json(raw_value).isNull(), F.lit("value is not valid JSON"))
+    # Valid JSON that starts with "{" is an object; from_json reads arrays and scalars as nulls.
+    reason = reason.when(msg.isNull() | ~F.ltrim(raw_value).startswith("{"), F.lit("value is not a JSON object"))
     reason = reason.when(msg["schema_version"].isNull() | (msg["schema_version"] != 1),
                          F.lit("unsupported or missing schema_version (expected 1)"))
     for field in _REQUIRED:
@@ -73,6 +80,21 @@ def valid_trades(parsed: DataFrame) -> DataFrame:
         msg["ingest_time"].alias("ingest_time_ms"),
         F.timestamp_millis(msg["timestamp"]).alias("trade_time"),
     )
+
+
+def window_end_ms(trade_time_ms: Column, window_seconds: int = 1) -> Column:
+    """The end (exclusive) of the tumbling window a trade falls in, as epoch ms."""
+    size_ms = window_seconds * 1000
+    return (F.floor(trade_time_ms / size_ms) + 1) * size_ms
+
+
+def late_trades(trades: DataFrame, late_watermark_ms: int, window_seconds: int = 1) -> DataFrame:
+    """The trades Spark's windowed aggregation drops: their window ended at or before the watermark.
+
+    Spark's own metric (numRowsDroppedByWatermark) counts partially aggregated rows, not trades,
+    so the job counts late trades with this rule (see `pulse.compute.metrics.is_late`).
+    """
+    return trades.where(window_end_ms(F.col("trade_time_ms"), window_seconds) <= F.lit(late_watermark_ms))
 
 
 def rejected_messages(parsed: DataFrame) -> DataFrame:

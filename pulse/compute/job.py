@@ -8,15 +8,19 @@ row version, so a batch replayed after a crash overwrites itself instead of addi
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F  # noqa: N812
+from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
 from pulse.compute.columns import (
+    late_trades,
     parse_messages,
     rejected_messages,
     valid_trades,
@@ -67,13 +71,75 @@ class MetricsSink:
         self._transport.insert_arrow("pulse_rejects", stamped.toArrow())
 
 
+def kafka_offsets(progress_offsets: str | None) -> dict[str, dict[str, int]]:
+    """A progress report's offsets ({topic: {partition: offset}}); {} when there are none.
+
+    PySpark renders a missing offset (the first batch's start) as the string "None".
+    """
+    if not progress_offsets or not progress_offsets.lstrip().startswith("{"):
+        return {}
+    parsed: dict[str, dict[str, int]] = json.loads(progress_offsets)
+    return parsed
+
+
+def offset_range_size(start_offsets: str | None, end_offsets: str | None) -> int:
+    """Kafka records in a micro-batch's offset range; 0 when the start is unknown."""
+    start, end = kafka_offsets(start_offsets), kafka_offsets(end_offsets)
+    if not start:
+        return 0
+    return sum(int(offset) - int(start.get(topic, {}).get(partition, offset))
+               for topic, partitions in end.items() for partition, offset in partitions.items())
+
+
+def batch_watermark_ms(checkpoint: Path, batch_id: int) -> int:
+    """The event-time watermark Spark recorded for a batch in its offset log (0 before any)."""
+    log = checkpoint / "offsets" / str(batch_id)
+    if batch_id < 0 or not log.exists():
+        return 0
+    metadata = json.loads(log.read_text().splitlines()[1])
+    return int(metadata.get("batchWatermarkMs", 0))
+
+
+class LateTradeCounter:
+    """Counts, trade by trade, what one metrics micro-batch dropped behind the watermark.
+
+    Spark reports late rows after partial aggregation (one row per window and partition, however
+    many trades it held). When it reports any, this re-reads the batch's exact offset range and
+    applies Spark's rule: a row is late when its window ended at or before the previous batch's
+    watermark (`pulse.compute.metrics.is_late`).
+    """
+
+    def __init__(self, spark: SparkSession, settings: PulseSettings, bootstrap: str, checkpoint: Path) -> None:
+        self._spark = spark
+        self._settings = settings
+        self._bootstrap = bootstrap
+        self._checkpoint = checkpoint
+
+    def count(self, batch_id: int, start_offsets: str | None, end_offsets: str | None) -> int:
+        late_watermark = batch_watermark_ms(self._checkpoint, batch_id - 1)
+        if late_watermark <= 0 or not kafka_offsets(start_offsets) or not kafka_offsets(end_offsets):
+            return 0
+        rows = (
+            self._spark.read.format("kafka")
+            .option("kafka.bootstrap.servers", self._bootstrap)
+            .option("subscribe", self._settings.kafka.trades_topic)
+            .option("startingOffsets", start_offsets)
+            .option("endingOffsets", end_offsets)
+            .option("failOnDataLoss", "false")
+            .load()
+        )
+        return late_trades(valid_trades(parse_messages(rows)), late_watermark).count()
+
+
 class HealthListener(StreamingQueryListener):
     """Writes one `pulse_health` row per micro-batch progress report."""
 
-    def __init__(self, transport: ClickHouseTransport) -> None:
+    def __init__(self, transport: ClickHouseTransport, late_counter: LateTradeCounter | None = None) -> None:
         self._transport = transport
+        self._late_counter = late_counter
         # A Spark session may run other jobs' queries (tests, notebooks): report only ours.
         self.query_ids: set[str] = set()
+        self.metrics_query_id = ""
 
     def onQueryStarted(self, event: Any) -> None:
         pass
@@ -90,13 +156,17 @@ class HealthListener(StreamingQueryListener):
         progress = event.progress
         if str(progress.id) not in self.query_ids:
             return
-        late = sum(op.numRowsDroppedByWatermark for op in progress.stateOperators)
+        dropped = sum(op.numRowsDroppedByWatermark for op in progress.stateOperators)
         state_rows = sum(op.numRowsTotal for op in progress.stateOperators)
         watermark = (progress.eventTime or {}).get("watermark")
-        data_loss = 0
-        for source in progress.sources:
-            metrics = source.metrics or {}
-            data_loss += int(metrics.get("dataLossOffsets", 0) or 0)
+        late = 0
+        if dropped and self._late_counter is not None and str(progress.id) == self.metrics_query_id:
+            late = sum(self._late_counter.count(progress.batchId, source.startOffset, source.endOffset)
+                       for source in progress.sources)
+        # failOnDataLoss=false skips offsets that were deleted before they were read: the range
+        # Spark planned minus the records it got is what was lost.
+        in_range = sum(offset_range_size(source.startOffset, source.endOffset) for source in progress.sources)
+        data_loss = max(0, in_range - int(progress.numInputRows)) if progress.batchId > 0 else 0
         row = {
             "reported_at": [_now_ms()],
             "query_name": [progress.name or ""],
@@ -104,7 +174,8 @@ class HealthListener(StreamingQueryListener):
             "input_rows": [progress.numInputRows],
             "input_rows_per_second": [float(progress.inputRowsPerSecond or 0.0)],
             "processed_rows_per_second": [float(progress.processedRowsPerSecond or 0.0)],
-            "late_rows_dropped": [late],
+            "late_rows_dropped": [dropped],
+            "late_trades": [late],
             "state_rows": [state_rows],
             "watermark": [_iso_to_ms(watermark)],
             "batch_duration_ms": [int((progress.durationMs or {}).get("triggerExecution", 0))],
@@ -150,10 +221,11 @@ def start_queries(spark: SparkSession, settings: PulseSettings, bootstrap: str,
                   transport: ClickHouseTransport) -> PulseQueries:
     """Start the metrics and rejects queries; they run until stopped."""
     sink = MetricsSink(transport)
-    listener = HealthListener(transport)
+    checkpoints = settings.checkpoint_dir
+    listener = HealthListener(
+        transport, LateTradeCounter(spark, settings, bootstrap, (checkpoints / METRICS_QUERY).resolve()))
     spark.streams.addListener(listener)
     trigger = f"{settings.spark.trigger_ms} milliseconds"
-    checkpoints = settings.checkpoint_dir
     parsed = parse_messages(read_kafka(spark, settings, bootstrap))
 
     windows = window_metrics_columns(
@@ -177,17 +249,18 @@ def start_queries(spark: SparkSession, settings: PulseSettings, bootstrap: str,
         .start()
     )
     listener.query_ids.update({str(metrics.id), str(rejects.id)})
+    listener.metrics_query_id = str(metrics.id)
     return PulseQueries(spark=spark, metrics=metrics, rejects=rejects, listener=listener)
 
 
-def wait_until_caught_up(queries: PulseQueries, end_offsets: dict[str, dict[str, int]],
+def wait_until_caught_up(queries: PulseQueries, end_offsets: Mapping[str, Mapping[int, int]],
                          timeout_s: float, poll_s: float = 0.25) -> None:
     """Block until both queries have processed up to `end_offsets` ({topic: {partition: offset}})."""
     deadline = time.monotonic() + timeout_s
     pending = queries.all()
     while pending:
         queries.raise_if_failed()
-        pending = [q for q in pending if not _reached(q, end_offsets)]
+        pending = [q for q in pending if not reached(q, end_offsets)]
         if not pending:
             return
         if time.monotonic() > deadline:
@@ -196,15 +269,14 @@ def wait_until_caught_up(queries: PulseQueries, end_offsets: dict[str, dict[str,
         time.sleep(poll_s)
 
 
-def _reached(query: StreamingQuery, end_offsets: dict[str, dict[str, int]]) -> bool:
+def reached(query: StreamingQuery, end_offsets: Mapping[str, Mapping[int, int]]) -> bool:
+    """Whether the query's last completed batch ends at or beyond `end_offsets`."""
     progress = query.lastProgress
     if not progress:
         return False
     for source in progress.get("sources", []):
         processed = source.get("endOffset")
         if isinstance(processed, str):
-            import json  # noqa: PLC0415
-
             processed = json.loads(processed)
         if not isinstance(processed, dict):
             return False

@@ -101,3 +101,19 @@ def window_metrics(trades: Iterable[tuple[float, float, bool]], price_deadband_r
         signal=classify_signal(avg_price, vwap, buy_volume, sell_volume,
                                price_deadband_rel, delta_deadband_rel),
     )
+
+
+def window_end_ms(trade_time_ms: int, window_ms: int = 1000) -> int:
+    """End (exclusive) of the tumbling window holding a trade."""
+    return (trade_time_ms // window_ms + 1) * window_ms
+
+
+def is_late(trade_time_ms: int, late_watermark_ms: int, window_ms: int = 1000) -> bool:
+    """Whether the windowed aggregation drops a trade as too late.
+
+    Spark drops an input row of a windowed aggregation when its window's end is at or before the
+    watermark that applies to late events, which is the watermark of the previous micro-batch
+    (max event time seen so far minus the delay). So a trade is late exactly when its whole window
+    has been closed, not when the trade itself is older than the watermark.
+    """
+    return window_end_ms(trade_time_ms, window_ms) <= late_watermark_ms

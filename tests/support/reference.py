@@ -66,26 +66,32 @@ class RefWindow:
     close: float
     first_agg_id: int
     last_agg_id: int
+    buy_volume: float = 0.0
+    sell_volume: float = 0.0
+    quote_volume: float = 0.0
 
 
 _TOLERANCE = Decimal("1e-9")
 
 
-def _compare(left: Decimal, right: Decimal, magnitude: Decimal) -> int:
-    """-1, 0, 1 as `left` is below, within 1e-9 of `magnitude` of, or above `right`."""
-    if abs(left - right) <= _TOLERANCE * magnitude:
+def _compare(left: Decimal, right: Decimal, magnitude: Decimal, band: Decimal = Decimal(0)) -> int:
+    """-1, 0, 1 as `left` is below, within max(1e-9, band) of `magnitude` of, or above `right`."""
+    if abs(left - right) <= max(_TOLERANCE, band) * magnitude:
         return 0
     return 1 if left > right else -1
 
 
-def _signal(avg: Decimal, vwap: Decimal, buy: Decimal, sell: Decimal) -> str:
-    price = _compare(avg, vwap, max(abs(avg), abs(vwap)))
-    delta = _compare(buy, sell, buy + sell)
+def _signal(avg: Decimal, vwap: Decimal, buy: Decimal, sell: Decimal,
+            price_band: Decimal = Decimal(0), delta_band: Decimal = Decimal(0)) -> str:
+    """The seed's rule; a dead band is a share of the price (avg vs VWAP) or of the volume (buy vs sell)."""
+    price = _compare(avg, vwap, max(abs(avg), abs(vwap)), price_band)
+    delta = _compare(buy, sell, buy + sell, delta_band)
     return {(1, 1): "STRONG BUY", (-1, -1): "STRONG SELL", (-1, 1): "ACCUMULATING",
             (1, -1): "DISTRIBUTING"}.get((price, delta), "NEUTRAL")
 
 
-def reference_windows(trades: list[RefTrade]) -> dict[tuple[str, int], RefWindow]:
+def reference_windows(trades: list[RefTrade], price_band: Decimal = Decimal(0),
+                      delta_band: Decimal = Decimal(0)) -> dict[tuple[str, int], RefWindow]:
     groups: dict[tuple[str, int], list[RefTrade]] = defaultdict(list)
     for trade in trades:
         groups[(trade.symbol, trade.time_ms - trade.time_ms % 1000)].append(trade)
@@ -101,8 +107,10 @@ def reference_windows(trades: list[RefTrade]) -> dict[tuple[str, int], RefWindow
         windows[key] = RefWindow(
             symbol=key[0], window_start_ms=key[1], vwap=float(vwap), net_delta=float(buy - sell),
             buy_pressure_pct=float(100 * buy / volume), total_volume=float(volume), trade_count=len(group),
-            avg_price=float(avg), signal=_signal(avg, vwap, buy, sell), open=float(group[0].price),
+            avg_price=float(avg), signal=_signal(avg, vwap, buy, sell, price_band, delta_band),
+            open=float(group[0].price),
             high=float(max(t.price for t in group)), low=float(min(t.price for t in group)),
             close=float(group[-1].price), first_agg_id=group[0].agg_id, last_agg_id=group[-1].agg_id,
+            buy_volume=float(buy), sell_volume=float(sell), quote_volume=float(vwap * volume),
         )
     return windows

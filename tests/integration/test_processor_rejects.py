@@ -1,0 +1,87 @@
+"""Corrupted messages written straight to the trades topic land in pulse_rejects, raw and explained;
+the valid messages around them are still aggregated."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any
+
+import pytest
+
+from pulse.broker.local_kafka import end_offsets
+from pulse.compute.job import start_queries, wait_until_caught_up
+from tests.support.pipeline import metrics_rows
+from tests.support.topic_writer import encode, trade_message, write_messages
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_704_067_200_000
+
+
+def _trade(agg_id: int, **changes: object) -> dict[str, Any]:
+    message = trade_message("REJUSDT", agg_id, 100.0 + agg_id, 1.0, T0 + agg_id, agg_id % 2 == 0)
+    message.update(changes)
+    return message
+
+
+def _without(field: str) -> dict[str, Any]:
+    message = _trade(9)
+    del message[field]
+    return message
+
+
+Message = dict[str, Any] | bytes | str
+BAD: list[tuple[Message, str]] = [
+    (b'{"schema_version": 1, "symbol": "REJUSDT", "price": 1', "value is not valid JSON"),
+    (b"\x00\xffnot text", "value is not UTF-8 text (raw_value holds it as base64)"),
+    (b"plain words", "value is not valid JSON"),
+    (b'[1, 2, 3]', "value is not a JSON object"),
+    (_without("price"), "missing or mistyped field 'price'"),
+    (_without("timestamp"), "missing or mistyped field 'timestamp'"),
+    (_trade(10, price="cheap"), "missing or mistyped field 'price'"),
+    (_trade(11, price=-5.0), "field 'price' must be finite and > 0"),
+    (_trade(12, quantity=0.0), "field 'quantity' must be finite and > 0"),
+    # A bare NaN is not JSON at all; as a string, or as an overflowing number, it reaches the check.
+    (json.dumps(_trade(13)).replace('"price": 113.0', '"price": NaN'), "value is not valid JSON"),
+    (_trade(16, price="NaN"), "field 'price' must be finite and > 0"),
+    (json.dumps(_trade(17)).replace('"quantity": 1.0', '"quantity": 1e999'), "field 'quantity' must be finite and > 0"),
+    (_trade(14, side="HOLD"), "field 'side' must be BUY or SELL"),
+    (_trade(15, schema_version=2), "unsupported or missing schema_version (expected 1)"),
+    (_without("schema_version"), "unsupported or missing schema_version (expected 1)"),
+]
+GOOD = [_trade(1), _trade(2), _trade(3)]
+
+
+def test_corrupted_messages_go_to_pulse_rejects_with_their_coordinates(kafka, spark, database, settings):
+    assert "NaN," in encode(BAD[9][0]).decode()
+    assert "1e999" in encode(BAD[11][0]).decode()
+    topic = settings.kafka.trades_topic
+    # Interleave so that bad and good messages share micro-batches and partitions.
+    sent = write_messages(kafka.bootstrap, topic, [GOOD[0], *[m for m, _ in BAD[:6]], GOOD[1],
+                                                   *[m for m, _ in BAD[6:]], GOOD[2]], partition=1)
+    queries = start_queries(spark, settings, kafka.bootstrap, database)
+    try:
+        wait_until_caught_up(queries, {topic: asyncio.run(end_offsets(kafka.bootstrap, topic))}, timeout_s=90)
+    finally:
+        queries.stop()
+
+    rejects = database.query_arrow(
+        "SELECT topic, partition, offset, reason, raw_value FROM pulse_rejects FINAL ORDER BY offset").to_pylist()
+    good_values = {encode(m) for m in GOOD}
+    expected = [(w, reason) for w, (_, reason) in
+                zip([s for s in sent if s.value not in good_values], BAD, strict=True)]
+    assert len(rejects) == len(BAD)
+    for row, (written, reason) in zip(rejects, expected, strict=True):
+        assert (row["topic"], row["partition"], row["offset"]) == (topic, written.partition, written.offset)
+        assert row["reason"] == reason, row
+        # Kept verbatim as text; bytes that are not UTF-8 losslessly as base64.
+        try:
+            assert row["raw_value"] == written.value.decode()
+        except UnicodeDecodeError:
+            assert base64.b64decode(row["raw_value"].removeprefix("base64:")) == written.value
+
+    rows = metrics_rows(database)
+    assert sum(r["trade_count"] for r in rows) == len(GOOD)
+    assert [(r["first_agg_trade_id"], r["last_agg_trade_id"]) for r in rows] == [(1, 3)]
