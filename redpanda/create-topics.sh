@@ -11,7 +11,7 @@ ensure_topic() {
     rpk topic alter-config "$name" --set "retention.ms=${retention_ms}"
     echo "topic ${name}: exists, retention.ms=${retention_ms}"
   else
-    rpk topic create "$name" --partitions "$partitions" --replicas "${TOPIC_REPLICAS:-1}" \
+    rpk topic create "$name" --partitions "$partitions" --replicas "$TOPIC_REPLICAS" \
       --topic-config cleanup.policy=delete --topic-config "retention.ms=${retention_ms}"
     echo "topic ${name}: created with ${partitions} partitions, retention.ms=${retention_ms}"
   fi

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pytest
 
 from pulse.storage.clickhouse import ChdbTransport
-from tests.support.grafana import TimeRange, alert_rules, dashboards, expand_macros, interpolate, panels
+from tests.support.grafana import ROOT, TimeRange, alert_rules, dashboards, expand_macros, interpolate, panels
 from tests.support.recordings import SPOT_RAW, recording
 from tests.support.reference import RefWindow, reference_windows, trades_from_recording
 
@@ -221,3 +221,14 @@ def test_alert_query_measures_seconds_since_the_newest_window(stack: Stack) -> N
     after = {row["symbol"]: row["seconds_since_last_window"] for row in rows_after}
     assert after["BTCUSDT"] < threshold
     assert all(seconds > threshold for symbol, seconds in after.items() if symbol != "BTCUSDT")
+
+
+def test_play_queries_in_docs_run_on_the_schema(stack: Stack) -> None:
+    text = (ROOT / "docs" / "queries.md").read_text()
+    queries = re.findall(r"```sql\n(.*?)```", text, flags=re.DOTALL)
+    assert len(queries) >= 5
+    # `now()` moved to the end of the recorded session, so the filters select the inserted windows.
+    session_end = f"toDateTime64('{stack.last_end:%Y-%m-%d %H:%M:%S}', 3, 'UTC')"
+    for query in queries:
+        rows = stack.transport.query_arrow(query.replace("now()", session_end))
+        assert rows.num_rows > 0, query
