@@ -93,7 +93,7 @@ def stack(database: ChdbTransport) -> Stack:
     first_ms, last_ms = ordered[0].window_start_ms, ordered[-1].window_start_ms + 1000
     health = [{"reported_at": _utc(ms), "query_name": name, "batch_id": i, "input_rows": 20,
                "input_rows_per_second": 40.0, "processed_rows_per_second": 400.0,
-               "late_rows_dropped": i % 7 == 0, "state_rows": 12,
+               "late_rows_dropped": i % 7 == 0, "late_trades": 3 * (i % 7 == 0), "state_rows": 12,
                "watermark": _utc(ms - 2000) if i else None, "batch_duration_ms": 80, "data_loss_offsets": 0}
               for i, ms in enumerate(range(first_ms, last_ms, 500)) for name in ("metrics", "rejects")]
     database.insert_arrow("pulse_health", _table(health))
