@@ -7,11 +7,12 @@ Library code never reads the environment itself.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # In a checkout (`make setup`), the JVM jars and the SQL schema sit beside the package; images
 # that install Pulse elsewhere point PULSE_JARS_DIR / PULSE_SCHEMA_DIR at their copies.
@@ -29,7 +30,8 @@ class KafkaSettings(BaseModel):
 
 
 class ProducerSettings(BaseModel):
-    symbols: list[str] = Field(default_factory=lambda: ["BTCUSDT"])
+    # NoDecode: PULSE_PRODUCER__SYMBOLS=BTCUSDT,ETHUSDT is a comma list, not JSON.
+    symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["BTCUSDT"])
     # Combined streams on the USD-M "market" path; the old /ws and /stream paths went silent in 2026.
     ws_base_url: str = "wss://fstream.binance.com/market/stream"
     rest_base_url: str = "https://fapi.binance.com"
@@ -62,6 +64,8 @@ class ProducerSettings(BaseModel):
     @field_validator("symbols", mode="before")
     @classmethod
     def _split_symbols(cls, value: object) -> object:
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            return json.loads(value)
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value

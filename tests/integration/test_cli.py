@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -26,7 +27,7 @@ def run(*args: str, timeout: float = 300, cwd: Path = ROOT) -> subprocess.Comple
     return result
 
 
-def sql_rows(data_dir: Path, query: str) -> list[dict]:
+def sql_rows(data_dir: Path, query: str) -> list[dict[str, Any]]:
     output = run(PULSE, "sql", query, "--data-dir", str(data_dir), "--format", "JSONEachRow").stdout
     return [json.loads(line) for line in output.splitlines() if line.strip()]
 

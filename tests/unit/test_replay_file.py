@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ AGG = {"e": "aggTrade", "E": 1, "a": 7, "s": "BTCUSDT", "p": "100.5", "q": "0.25
        "m": False}
 
 
-def trades_of(path: Path, symbol: str | None = None, stats: ReplayStats | None = None) -> list:
+def trades_of(path: Path, symbol: str | None = None, stats: ReplayStats | None = None) -> list[Any]:
     trades, invalid = [], []
     for replay_frame in read_replay_frames(path, symbol, stats):
         if replay_frame.invalid_reason:
