@@ -345,7 +345,7 @@ def test_docs_list_every_published_port() -> None:
         for port in service.get("ports", []):
             assert f"127.0.0.1:{port['published']}" in operations or f"localhost:{port['published']}" in operations, \
                 f"{name}: port {port['published']} is not in docs/operations.md"
-    quickstart = (ROOT / "docs" / "docker-quickstart.md").read_text()
+    quickstart = (ROOT / "README.md").read_text()
     for url in ("http://127.0.0.1:3000", "http://127.0.0.1:8080", "http://127.0.0.1:8123/play", "http://127.0.0.1:8888"):
         assert url in quickstart
     for variable in ("GRAFANA_ADMIN_PASSWORD", "CLICKHOUSE_READER_PASSWORD", "JUPYTER_TOKEN"):
