@@ -12,15 +12,16 @@ from typing import Any
 
 import pytest
 
-from pulse.broker.local_kafka import LocalKafkaBroker, ensure_topics
+from pulse.broker.local_kafka import LocalKafkaBroker
 from pulse.settings import KafkaSettings, PulseSettings
-from tests.integration.conftest import unique_name
 from tests.support.binance_double import BinanceDouble
 from tests.support.producer_harness import (
     consume_all,
     expected_ids,
+    fresh_topics,
     ids_by_symbol,
     live_settings,
+    published,
     recorded_tape,
     running_producer,
     wait_until,
@@ -30,14 +31,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def kafka_topics(kafka: LocalKafkaBroker, topics: KafkaSettings) -> KafkaSettings:
-    with_gaps = topics.model_copy(update={"gaps_topic": unique_name("gaps")})
-    asyncio.run(ensure_topics(kafka.bootstrap, [with_gaps.gaps_topic], with_gaps.partitions))
-    return with_gaps
-
-
-def _published(service: Any) -> int:
-    return int(service.publisher.stats.published) if service.publisher is not None else 0
+def kafka_topics(kafka: LocalKafkaBroker) -> KafkaSettings:
+    return fresh_topics(kafka.bootstrap)
 
 
 async def _run_scenario(base: PulseSettings, kafka_settings: KafkaSettings, bootstrap: str, frames_per_s: float,
@@ -52,7 +47,7 @@ async def _run_scenario(base: PulseSettings, kafka_settings: KafkaSettings, boot
                 await act(double, service)
             await wait_until(double.finished.is_set, 60, "the double to play its tape")
             target = expect_published if expect_published is not None else len(tape) - len(double.unfillable)
-            await wait_until(lambda: _published(service) >= target and not service.gaps_pending(), 60,
+            await wait_until(lambda: published(service) >= target and not service.gaps_pending(), 60,
                              f"{target} published records")
         trades = await consume_all(bootstrap, kafka_settings.trades_topic)
         gaps = await consume_all(bootstrap, kafka_settings.gaps_topic)

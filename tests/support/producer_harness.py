@@ -14,8 +14,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from pulse.broker.local_kafka import ensure_topics
 from pulse.producer import ProducerService, SourceChoice
 from pulse.settings import KafkaSettings, PulseSettings
+from tests.integration.conftest import unique_name
 from tests.support.binance_double import BinanceDouble, agg_trades_from_recording
 from tests.support.recordings import SPOT_RAW, USDM_RAW, recording
 from tests.support.reference import trades_from_recording
@@ -45,6 +47,19 @@ def live_settings(base: PulseSettings, kafka: KafkaSettings, double: BinanceDoub
         "stall_timeout_s": 2.0, "metrics_port": 0, "shutdown_timeout_s": 10.0, **producer,
     }
     return base.model_copy(update={"kafka": kafka, "producer": base.producer.model_copy(update=overrides)})
+
+
+def published(service: ProducerService) -> int:
+    """Records the broker acknowledged (trades, dead letters and gap events)."""
+    return service.publisher.stats.published if service.publisher is not None else 0
+
+
+def fresh_topics(bootstrap: str, partitions: int = 3) -> KafkaSettings:
+    """Unique trades, dead-letter and gaps topics for one test."""
+    kafka = KafkaSettings(bootstrap_servers=bootstrap, trades_topic=unique_name("trades"),
+                          dead_letter_topic=unique_name("dlq"), gaps_topic=unique_name("gaps"), partitions=partitions)
+    asyncio.run(ensure_topics(bootstrap, [kafka.trades_topic, kafka.dead_letter_topic, kafka.gaps_topic], partitions))
+    return kafka
 
 
 async def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:

@@ -1,0 +1,80 @@
+"""Fuzzing the frame path with hypothesis: whatever arrives, the parser either returns a valid trade
+or refuses it with a reason (InvalidFrame) or skips it (NotATrade) - never anything else - and
+the router sends every refused frame to the dead-letter queue, counted, without raising."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pulse.broker.kafka_publisher import DropOldestQueue
+from pulse.producer import FrameRouter
+from pulse.settings import KafkaSettings
+from pulse.source.binance_schema import InvalidFrame, NotATrade, parse_frame
+from tests.support.frame_strategies import broken_frames
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4),
+    max_leaves=10,
+)
+
+
+def _check(raw: str | bytes) -> str:
+    """Parse; returns 'trade', 'skip' or 'invalid' and checks the invariants of an accepted trade."""
+    try:
+        wire = parse_frame(raw)
+    except InvalidFrame as invalid:
+        assert invalid.reason
+        return "invalid"
+    except NotATrade:
+        return "skip"
+    assert wire.e == "aggTrade" and wire.s.isalnum() and wire.s == wire.s.upper()
+    for number in (wire.p, wire.q):
+        assert math.isfinite(float(number)) and float(number) > 0
+    assert min(wire.E, wire.a, wire.f, wire.l, wire.T) >= 0 and wire.l >= wire.f
+    assert isinstance(wire.m, bool)
+    return "trade"
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.binary(max_size=200) | st.text(max_size=200))
+def test_arbitrary_bytes_and_text_never_crash_the_parser(raw: bytes | str) -> None:
+    _check(raw)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(json_values)
+def test_arbitrary_json_never_crashes_the_parser(value: Any) -> None:
+    _check(json.dumps(value))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(broken_frames())
+def test_every_broken_field_is_refused_with_a_reason(raw: str) -> None:
+    assert _check(raw) == "invalid", raw
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(broken_frames() | st.text(max_size=50), min_size=1, max_size=20))
+def test_router_sends_every_refused_frame_to_the_dead_letter_queue(frames: list[str]) -> None:
+    async def scenario() -> None:
+        kafka = KafkaSettings(trades_topic="t", dead_letter_topic="dlq")
+        queue = DropOldestQueue(10_000)
+        router = FrameRouter(kafka, queue, source="fuzz")
+        outcomes = [_check(raw) for raw in frames]
+        for raw in frames:
+            router.route(raw)
+        records = await queue.take(10_000) if len(queue) else []
+        dead = [json.loads(r.value) for r in records if r.topic == "dlq"]
+        assert [d["raw"] for d in dead] == [raw for raw, o in zip(frames, outcomes, strict=True) if o == "invalid"]
+        assert all(d["reason"] for d in dead)
+        assert router.counters.invalid == len(dead)
+        assert router.counters.trades == outcomes.count("trade")
+
+    asyncio.run(scenario())
