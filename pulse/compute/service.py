@@ -9,14 +9,14 @@ for `until_idle_s`. Queries are stopped cleanly, so the checkpoint is consistent
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pulse.broker.local_kafka import end_offsets
-from pulse.compute.job import PulseQueries, reached, start_queries
+from pyspark.sql.streaming import StreamingQuery
+
+from pulse.compute.job import PulseQueries, kafka_offsets, start_queries
 from pulse.compute.spark_session import build_spark_session
 from pulse.settings import PulseSettings
 from pulse.storage.clickhouse import ClickHouseTransport, apply_schema, open_transport
@@ -29,25 +29,48 @@ class IdleTracker:
     """Decides when a replay is over: everything in the topic processed, and nothing new for a while."""
 
     idle_after_s: float
-    _last_offsets: dict[int, int] | None = None
     _quiet_since: float | None = None
 
-    def observe(self, offsets: dict[int, int], caught_up: bool, now: float) -> bool:
-        """Feed one poll; True once the topic has been fully processed and unchanged for `idle_after_s`."""
-        if not caught_up or offsets != self._last_offsets:
-            self._last_offsets = offsets
-            self._quiet_since = now if caught_up else None
+    def observe(self, caught_up: bool, now: float) -> bool:
+        """Feed one poll; True once the queries have stayed caught up for `idle_after_s`."""
+        if not caught_up:
+            self._quiet_since = None
             return False
         if self._quiet_since is None:
             self._quiet_since = now
         return now - self._quiet_since >= self.idle_after_s
 
 
-def _caught_up(queries: PulseQueries, topic: str, offsets: dict[int, int]) -> bool:
-    if not any(offsets.values()):
-        # An empty topic: nothing to wait for once the queries have run a first batch.
-        return all(q.lastProgress is not None for q in queries.all())
-    return all(reached(q, {topic: offsets}) for q in queries.all())
+def query_caught_up(query: StreamingQuery) -> bool:
+    """The last batch read up to the latest offsets Kafka had, and the source reports nothing newer.
+
+    Uses Spark's own view of the topic (the progress's latestOffset and the status's
+    isDataAvailable), which is what the query will actually read next.
+    """
+    progress = query.lastProgress
+    status = query.status
+    if not progress or status.get("isDataAvailable") or status.get("isTriggerActive"):
+        return False
+    for source in progress.get("sources", []):
+        latest = kafka_offsets(source.get("latestOffset"))
+        if latest and kafka_offsets(source.get("endOffset")) != latest:
+            return False
+    return True
+
+
+def wait_until_idle(queries: PulseQueries, idle_s: float, stop: threading.Event | None = None,
+                    timeout_s: float | None = None, poll_s: float = 0.25) -> bool:
+    """Block until every query is caught up and stayed so for `idle_s` (True), or `stop` is set (False)."""
+    tracker = IdleTracker(idle_s)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    stop = stop or threading.Event()
+    while not stop.wait(poll_s):
+        queries.raise_if_failed()
+        if tracker.observe(all(query_caught_up(q) for q in queries.all()), time.monotonic()):
+            return True
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"Spark queries did not go idle within {timeout_s:.0f}s")
+    return False
 
 
 def run_processor(settings: PulseSettings, bootstrap: str, stop: threading.Event, say: Say,
@@ -65,16 +88,11 @@ def run_processor(settings: PulseSettings, bootstrap: str, stop: threading.Event
         queries = start_queries(spark, settings, bootstrap, transport)
         say(f"processing: trigger {settings.spark.trigger_ms} ms, watermark {settings.spark.watermark_s:g} s, "
             f"starting offsets {settings.spark.starting_offsets}, checkpoints {settings.checkpoint_dir}")
-        idle = IdleTracker(until_idle_s) if until_idle_s is not None else None
-        topic = settings.kafka.trades_topic
-        while not stop.wait(poll_s):
-            queries.raise_if_failed()
-            if idle is None:
-                continue
-            offsets = asyncio.run(end_offsets(bootstrap, topic))
-            if idle.observe(offsets, _caught_up(queries, topic, offsets), time.monotonic()):
-                say(f"topic consumed and idle for {until_idle_s:g} s: stopping")
-                break
+        if until_idle_s is None:
+            while not stop.wait(poll_s):
+                queries.raise_if_failed()
+        elif wait_until_idle(queries, until_idle_s, stop, poll_s=poll_s):
+            say(f"topic consumed and idle for {until_idle_s:g} s: stopping")
         queries.raise_if_failed()
     finally:
         if queries is not None:
