@@ -21,6 +21,8 @@ $(VENV)/.installed: $(VENV)/bin/python requirements.txt requirements-dev.txt pyp
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
 	$(PY) -m pip install -q --no-deps -e .
+	@# The notebook's kernel: this venv's python, whatever `python` is on PATH.
+	$(PY) -m ipykernel install --sys-prefix --name pulse --display-name "Python (pulse)" >/dev/null
 	@touch $@
 
 $(JARS)/%/.fetched: jvm/%/pom.xml
