@@ -9,6 +9,7 @@ PR_SET_PDEATHSIG, so even a `kill -9` of Pulse leaves no orphan broker behind.
 from __future__ import annotations
 
 import base64
+import contextlib
 import ctypes
 import os
 import signal
@@ -197,12 +198,11 @@ async def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int,
             existing = set(await admin.list_topics())
             missing = [t for t in wanted if t not in existing]
             if missing:
-                try:
+                # Another client may create the same topic between our list and create.
+                with contextlib.suppress(TopicAlreadyExistsError):
                     await admin.create_topics(
                         [NewTopic(name=t, num_partitions=partitions, replication_factor=1) for t in missing]
                     )
-                except TopicAlreadyExistsError:
-                    pass
             return
         except (KafkaError, OSError) as error:  # a just-started broker refuses or times out
             if time.monotonic() > deadline:
