@@ -315,7 +315,6 @@ class ProducerService:
         self.exchange_to_ack = LatencyHistogram()
         self.source_running = False
         self.metrics_port: int | None = None
-        self.stopped = asyncio.Event()
 
     @property
     def gaps(self) -> GapCounters:
@@ -411,8 +410,11 @@ class ProducerService:
                 self.publisher = KafkaPublisher(producer, self.queue, on_ack=self._acked)
                 await self._publish_while_feeding(self.publisher, stop)
         finally:
-            await producer.stop()
-            self.stopped.set()
+            # With the broker gone for good, stop() would keep retrying: the drain bound applies here too.
+            try:
+                await asyncio.wait_for(producer.stop(), timeout=settings.producer.shutdown_timeout_s)
+            except TimeoutError:
+                log.error("producer did not stop in time", extra={"event": "stop_timeout"})
 
     async def _publish_while_feeding(self, publisher: KafkaPublisher, stop: asyncio.Event) -> None:
         publishing = asyncio.create_task(publisher.run())
@@ -437,10 +439,10 @@ class ProducerService:
                 log.error("drain timed out", extra={"event": "drain_timeout", "queue_depth": len(self.queue)})
 
 
-async def serve_producer(settings: PulseSettings, bootstrap: str, source: SourceChoice, stop: asyncio.Event,
-                         service: ProducerService | None = None) -> ProducerService:
+async def serve_producer(settings: PulseSettings, bootstrap: str, source: SourceChoice,
+                         stop: asyncio.Event) -> ProducerService:
     """The producer with its metrics endpoint: what `pulse produce` runs."""
-    service = service or ProducerService(settings, source)
+    service = ProducerService(settings, source)
     await ensure_topics(bootstrap, [settings.kafka.trades_topic, settings.kafka.dead_letter_topic,
                                     settings.kafka.gaps_topic], settings.kafka.partitions)
     runner, service.metrics_port = await start_metrics_server(service.snapshot, service.health,

@@ -38,8 +38,9 @@ class ProducerSettings(BaseModel):
     # Spot: ws_base_url wss://stream.binance.com:9443/stream, rest https://api.binance.com, /api/v3/aggTrades.
     rest_agg_trades_path: str = "/fapi/v1/aggTrades"
     queue_max: int = Field(default=10_000, ge=1)
-    # aiokafka batching: a few ms of linger lets one request carry hundreds of trades.
-    linger_ms: int = Field(default=5, ge=0)
+    # The publisher hands aiokafka whole batches (everything queued meanwhile), so lingering on
+    # top only adds latency; under load batches grow by themselves while a request is in flight.
+    linger_ms: int = Field(default=0, ge=0)
     max_batch_bytes: int = Field(default=256 * 1024, ge=1024)
     compression: Literal["lz4", "zstd", "gzip", "none"] = "lz4"
     stall_timeout_s: float = Field(default=30.0, gt=0)

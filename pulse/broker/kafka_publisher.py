@@ -186,12 +186,12 @@ class KafkaPublisher:
         future.add_done_callback(lambda done: self._acked(records, done))
 
     async def _send(self, taken: list[OutboundRecord]) -> None:
-        groups: dict[tuple[str, int], list[OutboundRecord]] = {}
-        for record in taken:
-            partition = await self._partition(record.topic, record.key)
-            groups.setdefault((record.topic, partition), []).append(record)
         submitted: set[int] = set()
         try:
+            groups: dict[tuple[str, int], list[OutboundRecord]] = {}
+            for record in taken:
+                partition = await self._partition(record.topic, record.key)
+                groups.setdefault((record.topic, partition), []).append(record)
             for (topic, partition), records in groups.items():
                 builder = self._producer.create_batch()
                 in_builder: list[OutboundRecord] = []
@@ -205,8 +205,8 @@ class KafkaPublisher:
                 await self._submit(builder, in_builder, topic, partition)
                 submitted.update(map(id, in_builder))
         except KafkaError:
-            # Broker away longer than request_timeout: keep what was not handed over (bounded by
-            # the queue, oldest dropped first) and try again after a pause.
+            # Broker away longer than request_timeout (no metadata, no room for a batch): keep what
+            # was not handed over (bounded by the queue, oldest dropped first), retry after a pause.
             unsent = [record for record in taken if id(record) not in submitted]
             self.stats.failed_sends += len(unsent)
             self._queue.put_front(unsent)

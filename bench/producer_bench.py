@@ -1,0 +1,202 @@
+"""Producer benchmark: Pulse's producer vs a seed-style one that awaits `send_and_wait` per message.
+
+Both run in the same process, one after the other, against the same embedded broker, with the same
+aiokafka settings (acks=all, idempotent, lz4), on the same Binance-shaped frames (synthetic
+combined-stream envelopes, parsed by the same schema). Measured:
+
+- throughput: frames/s from the first frame handed in to the last broker ack;
+- added latency at 2,000 frames/s: frame handed in -> broker ack, p50 and p99.
+
+Run: `make bench-producer` (python -m bench.producer_bench [--frames N] [--seconds S]).
+Prints a markdown table for docs/benchmarks.md. Not a test: it reports, it does not assert.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from pulse.broker.kafka_publisher import DropOldestQueue, KafkaPublisher, OutboundRecord, build_kafka_producer
+from pulse.broker.local_kafka import LocalKafkaBroker, ensure_topics
+from pulse.broker.trade_message import encode_trade
+from pulse.producer import FrameRouter, now_ms
+from pulse.settings import KafkaSettings, PulseSettings
+from pulse.source.binance_schema import parse_frame, to_trade
+from pulse.source.synthetic import SyntheticTrades
+
+SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT"]
+
+
+def frames(count: int) -> list[bytes]:
+    generator = SyntheticTrades(SYMBOLS, rate_per_s=1.0, seed=42)
+    return [generator.frame(now_ms()) for _ in range(count)]
+
+
+def quantile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 1000) - 1] if len(values) > 1 else values[0]
+
+
+async def pulse_throughput(settings: PulseSettings, bootstrap: str, topic: str, batch: list[bytes]) -> float:
+    kafka = settings.kafka.model_copy(update={"trades_topic": topic})
+    queue = DropOldestQueue(100_000)
+    producer = build_kafka_producer(kafka, settings.producer, bootstrap)
+    await producer.start()
+    try:
+        router = FrameRouter(kafka, queue, source="bench")
+        publisher = KafkaPublisher(producer, queue)
+        publishing = asyncio.create_task(publisher.run())
+        started = time.perf_counter()
+        for index, frame in enumerate(batch, start=1):
+            router.route(frame)
+            if index % 2000 == 0:
+                # Like a replay, hold back rather than drop: the benchmark counts every frame.
+                await router.wait_for_room(0.8)
+        queue.close()
+        await publishing
+        elapsed = time.perf_counter() - started
+        assert publisher.stats.published == len(batch), (publisher.stats.published, len(batch))
+        assert sum(queue.dropped.values()) == 0
+        return len(batch) / elapsed
+    finally:
+        await producer.stop()
+
+
+async def seed_throughput(settings: PulseSettings, bootstrap: str, topic: str, batch: list[bytes]) -> float:
+    producer = build_kafka_producer(settings.kafka, settings.producer, bootstrap)
+    await producer.start()
+    try:
+        started = time.perf_counter()
+        for frame in batch:
+            trade = to_trade(parse_frame(frame), now_ms())
+            await producer.send_and_wait(topic, encode_trade(trade), key=trade.symbol.encode())
+        return len(batch) / (time.perf_counter() - started)
+    finally:
+        await producer.stop()
+
+
+async def _paced(batch: list[bytes], rate: float, deliver: object) -> None:
+    """Hand frames to `deliver(frame, handed_in_at)` at `rate` per second, on schedule."""
+    assert callable(deliver)
+    started = time.perf_counter()
+    for index, frame in enumerate(batch):
+        due = started + index / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        deliver(frame, time.perf_counter())
+
+
+async def pulse_latency(settings: PulseSettings, bootstrap: str, topic: str, batch: list[bytes],
+                        rate: float) -> list[float]:
+    kafka = settings.kafka.model_copy(update={"trades_topic": topic})
+    queue = DropOldestQueue(100_000)
+    latencies: list[float] = []
+    producer = build_kafka_producer(kafka, settings.producer, bootstrap)
+    await producer.start()
+    try:
+        router = FrameRouter(kafka, queue, source="bench")
+
+        def acked(record: OutboundRecord, enqueue_to_ack_s: float) -> None:
+            latencies.append(enqueue_to_ack_s)
+
+        publisher = KafkaPublisher(producer, queue, on_ack=acked)
+        publishing = asyncio.create_task(publisher.run())
+        # OutboundRecord.enqueued_at is taken right after parsing the frame: that is "frame in".
+        await _paced(batch, rate, lambda frame, _at: router.route(frame))
+        queue.close()
+        await publishing
+        return latencies
+    finally:
+        await producer.stop()
+
+
+async def seed_latency(settings: PulseSettings, bootstrap: str, topic: str, batch: list[bytes],
+                       rate: float, give_up_after_s: float) -> tuple[list[float], int]:
+    """Latencies of the seed-style producer; it cannot keep up with 2k/s, so after the frames are
+    handed in it gets `give_up_after_s` more, and frames still waiting then count with the time
+    they had waited so far (a lower bound). Returns (latencies, frames that were still waiting)."""
+    producer = build_kafka_producer(settings.kafka, settings.producer, bootstrap)
+    await producer.start()
+    inbox: asyncio.Queue[tuple[bytes, float]] = asyncio.Queue()
+    latencies: list[float] = []
+
+    async def send_each() -> None:
+        while True:
+            frame, handed_in = await inbox.get()
+            trade = to_trade(parse_frame(frame), now_ms())
+            await producer.send_and_wait(topic, encode_trade(trade), key=trade.symbol.encode())
+            latencies.append(time.perf_counter() - handed_in)
+            inbox.task_done()
+
+    try:
+        sender = asyncio.create_task(send_each())
+        await _paced(batch, rate, lambda frame, at: inbox.put_nowait((frame, at)))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(inbox.join(), timeout=give_up_after_s)
+        sender.cancel()
+        now = time.perf_counter()
+        waiting = inbox.qsize()
+        while not inbox.empty():
+            latencies.append(now - inbox.get_nowait()[1])
+        return latencies, waiting
+    finally:
+        await producer.stop()
+
+
+async def run(settings: PulseSettings, bootstrap: str, throughput_frames: int, seed_frames: int,
+              latency_seconds: float) -> dict[str, float]:
+    topics = [f"bench.{name}.{int(time.time())}" for name in ("pulse", "seed", "pulse_lat", "seed_lat")]
+    await ensure_topics(bootstrap, topics, settings.kafka.partitions)
+    results: dict[str, float] = {}
+    await pulse_throughput(settings, bootstrap, topics[0], frames(20_000))  # warm-up: JIT of the broker
+    results["pulse_msgs_s"] = await pulse_throughput(settings, bootstrap, topics[0], frames(throughput_frames))
+    results["seed_msgs_s"] = await seed_throughput(settings, bootstrap, topics[1], frames(seed_frames))
+    rate = 2000.0
+    latency_frames = frames(int(rate * latency_seconds))
+    pulse_lat = await pulse_latency(settings, bootstrap, topics[2], latency_frames, rate)
+    seed_lat, results["seed_unsent"] = await seed_latency(settings, bootstrap, topics[3], latency_frames, rate,
+                                                          give_up_after_s=latency_seconds)
+    for name, values in (("pulse", pulse_lat), ("seed", seed_lat)):
+        results[f"{name}_p50_ms"] = quantile(values, 0.5) * 1000
+        results[f"{name}_p99_ms"] = quantile(values, 0.99) * 1000
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=300_000, help="frames for Pulse's throughput run")
+    parser.add_argument("--seed-frames", type=int, default=5_000, help="frames for the seed-style throughput run")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each 2k/s latency run")
+    args = parser.parse_args()
+    base = PulseSettings(_env_file=None)  # type: ignore[call-arg]
+    with tempfile.TemporaryDirectory(prefix="pulse-bench-") as data_dir:
+        settings = base.model_copy(update={"data_dir": Path(data_dir), "kafka": KafkaSettings(partitions=3)})
+        with LocalKafkaBroker(settings.jars_dir, settings.data_dir) as broker:
+            results = asyncio.run(run(settings, broker.bootstrap, args.frames, args.seed_frames, args.seconds))
+    ratio = results["pulse_msgs_s"] / results["seed_msgs_s"]
+    producer = base.producer
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+          f"embedded Kafka broker (3 partitions), acks=all, idempotent, {producer.compression}, "
+          f"max_batch {producer.max_batch_bytes // 1024} KiB")
+    print()
+    print("| producer | throughput (msg/s, frame in -> broker ack) | added latency p50 @ 2k/s | p99 @ 2k/s |")
+    print("|---|---:|---:|---:|")
+    print(f"| Pulse (batched, drop-oldest queue) | {results['pulse_msgs_s']:,.0f} | "
+          f"{results['pulse_p50_ms']:.2f} ms | {results['pulse_p99_ms']:.2f} ms |")
+    print(f"| seed-style (`send_and_wait` per message) | {results['seed_msgs_s']:,.0f} | "
+          f"{results['seed_p50_ms']:.2f} ms | {results['seed_p99_ms']:.2f} ms |")
+    print(f"| ratio | {ratio:.1f}x | | |")
+    if results["seed_unsent"]:
+        print(f"\nseed-style at 2k/s: {results['seed_unsent']:,.0f} of {args.seconds * 2000:,.0f} frames were still "
+              "unsent when the run stopped; their wait so far counts as their latency (a lower bound).")
+
+
+if __name__ == "__main__":
+    main()
