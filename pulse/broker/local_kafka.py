@@ -216,14 +216,20 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     """The next offset to be written in each partition of `topic`."""
     from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
 
+    # A consumer that subscribed to nothing knows no partitions: the admin client asks the cluster.
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (description,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    partitions = [TopicPartition(topic, entry["partition"]) for entry in description["partitions"]]
+    if not partitions:
+        raise KafkaStartError(f"topic {topic} has no partitions on {bootstrap}")
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            await consumer.topics()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        offsets = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+        offsets = await consumer.end_offsets(partitions)
         return {tp.partition: offset for tp, offset in offsets.items()}
     finally:
         await consumer.stop()
