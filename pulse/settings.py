@@ -85,8 +85,14 @@ class SparkSettings(BaseModel):
     starting_offsets: Literal["earliest", "latest"] = "latest"
     max_offsets_per_trigger: int | None = Field(default=None, ge=1)
     shuffle_partitions: int = Field(default=2, ge=1)
-    # None: <data_dir>/checkpoints
+    # None: <data_dir>/checkpoints. On a cluster, a path every node and the driver share.
     checkpoint_dir: Path | None = None
+    # Local mode talks over loopback; on a cluster, the address executors reach the driver at.
+    driver_host: str = "127.0.0.1"
+    driver_bind_address: str = "127.0.0.1"
+    driver_memory: str = "2g"
+    # Anything else Spark accepts, e.g. PULSE_SPARK__EXTRA_CONF='{"spark.executor.memory": "4g"}'.
+    extra_conf: dict[str, str] = Field(default_factory=dict)
 
 
 class SignalSettings(BaseModel):

@@ -33,13 +33,15 @@ def build_spark_session(settings: PulseSettings) -> SparkSession:
         .config("spark.sql.warehouse.dir", str((settings.data_dir / "spark-warehouse").resolve()))
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.driver.host", spark_settings.driver_host)
+        .config("spark.driver.bindAddress", spark_settings.driver_bind_address)
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         # Micro-batches of a 1-second job are tiny: skip the state store's maintenance churn.
         .config("spark.sql.streaming.minBatchesToRetain", "20")
         .config("spark.sql.adaptive.enabled", "false")
-        .config("spark.driver.memory", "2g")
+        .config("spark.driver.memory", spark_settings.driver_memory)
         .config("spark.log.level", "WARN")
     )
+    for key, value in spark_settings.extra_conf.items():
+        builder = builder.config(key, value)
     return builder.getOrCreate()
