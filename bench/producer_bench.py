@@ -150,6 +150,27 @@ async def seed_latency(settings: PulseSettings, bootstrap: str, topic: str, batc
         await producer.stop()
 
 
+async def cpu_per_frame_us(settings: PulseSettings, bootstrap: str, batch: list[bytes]) -> tuple[float, float]:
+    """Where a frame's time goes without the broker: (parse+validate+encode+enqueue, batch append) in µs."""
+    queue = DropOldestQueue(len(batch))
+    router = FrameRouter(settings.kafka, queue, source="bench")
+    started = time.perf_counter()
+    for frame in batch:
+        router.route(frame)
+    routed = time.perf_counter()
+    records = await queue.take(len(batch))
+    producer = build_kafka_producer(settings.kafka, settings.producer, bootstrap)
+    builder = producer.create_batch()
+    appending = time.perf_counter()
+    for record in records:
+        if builder.append(key=record.key, value=record.value, timestamp=None) is None:
+            builder = producer.create_batch()
+            builder.append(key=record.key, value=record.value, timestamp=None)
+    appended = time.perf_counter()
+    await producer.stop()
+    return (routed - started) / len(batch) * 1e6, (appended - appending) / len(batch) * 1e6
+
+
 async def run(settings: PulseSettings, bootstrap: str, throughput_frames: int, seed_frames: int,
               latency_seconds: float) -> dict[str, float]:
     topics = [f"bench.{name}.{int(time.time())}" for name in ("pulse", "seed", "pulse_lat", "seed_lat")]
@@ -158,6 +179,7 @@ async def run(settings: PulseSettings, bootstrap: str, throughput_frames: int, s
     await pulse_throughput(settings, bootstrap, topics[0], frames(20_000))  # warm-up: JIT of the broker
     results["pulse_msgs_s"] = await pulse_throughput(settings, bootstrap, topics[0], frames(throughput_frames))
     results["seed_msgs_s"] = await seed_throughput(settings, bootstrap, topics[1], frames(seed_frames))
+    results["route_us"], results["append_us"] = await cpu_per_frame_us(settings, bootstrap, frames(50_000))
     rate = 2000.0
     latency_frames = frames(int(rate * latency_seconds))
     pulse_lat = await pulse_latency(settings, bootstrap, topics[2], latency_frames, rate)
@@ -193,6 +215,9 @@ def main() -> None:
     print(f"| seed-style (`send_and_wait` per message) | {results['seed_msgs_s']:,.0f} | "
           f"{results['seed_p50_ms']:.2f} ms | {results['seed_p99_ms']:.2f} ms |")
     print(f"| ratio | {ratio:.1f}x | | |")
+    print(f"\nCPU per frame without the broker: {results['route_us']:.1f} µs parse + validate + encode + enqueue, "
+          f"{results['append_us']:.1f} µs batch append (one core: at most "
+          f"{1e6 / (results['route_us'] + results['append_us']):,.0f} frames/s before any network or broker work).")
     if results["seed_unsent"]:
         print(f"\nseed-style at 2k/s: {results['seed_unsent']:,.0f} of {args.seconds * 2000:,.0f} frames were still "
               "unsent when the run stopped; their wait so far counts as their latency (a lower bound).")

@@ -189,8 +189,12 @@ class KafkaPublisher:
         submitted: set[int] = set()
         try:
             groups: dict[tuple[str, int], list[OutboundRecord]] = {}
+            partition_of = self._partition_of
             for record in taken:
-                partition = await self._partition(record.topic, record.key)
+                # A plain lookup first: awaiting a coroutine per record would cost more than the send.
+                partition = partition_of.get((record.topic, record.key))
+                if partition is None:
+                    partition = await self._partition(record.topic, record.key)
                 groups.setdefault((record.topic, partition), []).append(record)
             for (topic, partition), records in groups.items():
                 builder = self._producer.create_batch()

@@ -96,6 +96,31 @@ def agg_trade_from_payload(payload: Any, default_symbol: str | None = None) -> B
 
     `default_symbol` names the symbol of recordings whose payloads carry none.
     """
+    # Fast path for the well-formed frames that make up nearly all traffic: the same rules as
+    # `_checked_agg_trade` in one expression (it halves the producer's per-frame CPU); anything
+    # it does not accept goes through the field-by-field checks, which name the reason.
+    if type(payload) is dict:
+        get = payload.get
+        event_time, agg_id, first_id, last_id, trade_time = get("E"), get("a"), get("f"), get("l"), get("T")
+        price, quantity, maker, symbol = get("p"), get("q"), get("m"), get("s", default_symbol)
+        if (get("e") == "aggTrade" and get("nq") is None and type(maker) is bool
+                and type(event_time) is int and type(agg_id) is int and type(first_id) is int
+                and type(last_id) is int and type(trade_time) is int
+                and event_time >= 0 and agg_id >= 0 and trade_time >= 0 and 0 <= first_id <= last_id
+                and type(symbol) is str and symbol.isalnum() and type(price) is str and type(quantity) is str):
+            try:
+                price_value, quantity_value = float(price), float(quantity)
+            except ValueError:
+                pass
+            else:
+                # NaN fails both comparisons, so it falls through too.
+                if 0 < price_value < math.inf and 0 < quantity_value < math.inf:
+                    return BinanceAggTrade(e="aggTrade", E=event_time, s=symbol.upper(), a=agg_id, p=price,
+                                           q=quantity, f=first_id, l=last_id, T=trade_time, m=maker)
+    return _checked_agg_trade(payload, default_symbol)
+
+
+def _checked_agg_trade(payload: Any, default_symbol: str | None) -> BinanceAggTrade:
     if not isinstance(payload, dict):
         raise InvalidFrame(f"payload must be a JSON object, got {type(payload).__name__}")
     event = payload.get("e")

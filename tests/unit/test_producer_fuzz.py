@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from pulse.broker.kafka_publisher import DropOldestQueue
 from pulse.producer import FrameRouter
 from pulse.settings import KafkaSettings
-from pulse.source.binance_schema import InvalidFrame, NotATrade, parse_frame
-from tests.support.frame_strategies import broken_frames
+from pulse.source.binance_schema import InvalidFrame, NotATrade, _checked_agg_trade, agg_trade_from_payload, parse_frame
+from tests.support.frame_strategies import REQUIRED, VALID, broken_frames
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -78,3 +78,28 @@ def test_router_sends_every_refused_frame_to_the_dead_letter_queue(frames: list[
         assert router.counters.trades == outcomes.count("trade")
 
     asyncio.run(scenario())
+
+
+field_values = st.one_of(
+    st.integers(min_value=-2, max_value=2**63), st.booleans(), st.none(), st.floats(),
+    st.sampled_from(["0.5", "1", "0", "-1", "nan", "inf", "1e999", " 2 ", "", "BTCUSDT", "btc", "aggTrade", "x!"]),
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.dictionaries(st.sampled_from([*REQUIRED, "nq", "M"]), field_values, max_size=12),
+       st.sampled_from([None, "BTCUSDT"]))
+def test_fast_path_accepts_exactly_what_the_field_checks_accept(changes: dict[str, Any], default: str | None) -> None:
+    """The fast path must be an optimisation only: same record, or the same refusal."""
+    payload = {**VALID, **changes}
+    try:
+        checked = _checked_agg_trade(payload, default)
+    except InvalidFrame as refused:
+        try:
+            agg_trade_from_payload(payload, default)
+        except InvalidFrame as also_refused:
+            assert also_refused.reason == refused.reason
+        else:
+            raise AssertionError(f"fast path accepted what the checks refuse: {refused.reason}") from None
+    else:
+        assert agg_trade_from_payload(payload, default) == checked
