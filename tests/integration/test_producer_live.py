@@ -71,11 +71,15 @@ def _past(double: BinanceDouble, frame: int) -> Any:
 
 
 def test_normal_flow_every_trade_lands_once_in_id_order(kafka, kafka_topics, base_settings):
-    result = asyncio.run(_run_scenario(base_settings, kafka_topics, kafka.bootstrap, frames_per_s=2000))
+    # 8 recorded symbols and 52 quiet ones: at least 50 streams on one connection.
+    symbols = sorted(expected_ids()) + [f"QUIET{i}USDT" for i in range(52)]
+    result = asyncio.run(_run_scenario(base_settings, kafka_topics, kafka.bootstrap, frames_per_s=2000,
+                                       symbols=symbols))
     _assert_every_trade_once_in_order(result)
     service = result["service"]
     assert service.gaps.found == 0 and result["gaps"] == [] and result["dlq"] == []
     assert service.stream.stats.connects == 1
+    assert result["double"].most_symbols_on_one_connection == 60
 
 
 def test_server_closing_the_connection_reconnects_and_refills_from_rest(kafka, kafka_topics, base_settings):

@@ -67,6 +67,7 @@ class BinanceDouble:
         self.retry_after_s = 1
         self.subscriptions: dict[ServerConnection, Subscription] = {}
         self.connections_seen = 0
+        self.most_symbols_on_one_connection = 0
         self.rest_calls = 0
         self.rest_rate_limited = 0
         self.sent_frames = 0
@@ -152,6 +153,7 @@ class BinanceDouble:
         symbols = frozenset(name.upper() for name in names if name and name == name.lower()
                             ) if url.path == "/market/stream" else frozenset()
         self.subscriptions[connection] = Subscription(connection, symbols)
+        self.most_symbols_on_one_connection = max(self.most_symbols_on_one_connection, len(symbols))
         self.connections_seen += 1
         self.first_connection.set()
         try:
