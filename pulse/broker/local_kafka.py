@@ -125,7 +125,10 @@ class LocalKafkaBroker:
     def _format_storage(self, config: Path) -> None:
         if (self.home / "log" / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = "-"
+        # The storage tool's argument parser takes an id starting with "-" (1 in 64) for an option.
+        while cluster_id.startswith("-"):
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         result = subprocess.run(
             self._java_command("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
             capture_output=True, text=True, timeout=120, check=False,
