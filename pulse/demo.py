@@ -8,6 +8,7 @@ The results stay in `<data_dir>/chdb` for `pulse sql`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import threading
 import time
@@ -16,8 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pulse.broker.local_kafka import LocalKafkaBroker, end_offsets, ensure_topics
-from pulse.compute.job import PulseQueries, start_queries, wait_until_caught_up
-from pulse.compute.spark_session import build_spark_session
+from pulse.compute.job import running_job, wait_until_caught_up
 from pulse.producer import FrameCounters, replay_to_kafka
 from pulse.settings import PulseSettings
 from pulse.source.replay_file import ReplayStats
@@ -120,8 +120,6 @@ def run_demo(settings: PulseSettings, input_path: Path, symbol: str | None, spee
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     broker = LocalKafkaBroker(settings.jars_dir, settings.data_dir)
     transport: ClickHouseTransport | None = None
-    queries: PulseQueries | None = None
-    spark = None
     try:
         say(f"[1/5] starting the Kafka broker (KRaft, single node) under {settings.data_dir / 'kafka'}")
         bootstrap = broker.start()
@@ -131,20 +129,17 @@ def run_demo(settings: PulseSettings, input_path: Path, symbol: str | None, spee
         transport = ChdbTransport(settings.chdb_path, settings.clickhouse.database)
         apply_schema(transport, settings.schema_dir)
         say("[3/5] starting Spark (local mode) with the Kafka connector; first start takes ~20s")
-        spark = build_spark_session(settings)
-        queries = start_queries(spark, settings, bootstrap, transport)
-        pace = "as fast as possible" if speed is None else f"{speed:g}x the recorded pace"
-        say(f"[4/5] replaying {input_path.name} {pace}")
-        stats = ReplayStats()
-        with LiveView(transport, say) if live_view else _NoView():
-            router, publisher = asyncio.run(replay_to_kafka(settings, bootstrap, input_path, symbol, speed, stats))
-            say(f"      replay done: {router.counters.trades} trades, {router.counters.invalid} invalid;"
-                " waiting for Spark to process the last offsets")
-            offsets = asyncio.run(end_offsets(bootstrap, settings.kafka.trades_topic))
-            wait_until_caught_up(queries, {settings.kafka.trades_topic: offsets}, timeout_s=120)
-        say("[5/5] stopping Spark and the broker")
-        queries.stop()
-        queries = None
+        with running_job(settings, bootstrap, transport) as queries:
+            pace = "as fast as possible" if speed is None else f"{speed:g}x the recorded pace"
+            say(f"[4/5] replaying {input_path.name} {pace}")
+            stats = ReplayStats()
+            with LiveView(transport, say) if live_view else contextlib.nullcontext():
+                router, publisher = asyncio.run(replay_to_kafka(settings, bootstrap, input_path, symbol, speed, stats))
+                say(f"      replay done: {router.counters.trades} trades, {router.counters.invalid} invalid;"
+                    " waiting for Spark to process the last offsets")
+                offsets = asyncio.run(end_offsets(bootstrap, settings.kafka.trades_topic))
+                wait_until_caught_up(queries, {settings.kafka.trades_topic: offsets}, timeout_s=120)
+            say("[5/5] stopping Spark and the broker")
         # Merge every window's versions now, so the table itself holds one row per window.
         transport.command("OPTIMIZE TABLE pulse_metrics FINAL")
         by_symbol, signals, rejects = summarize(transport)
@@ -156,18 +151,6 @@ def run_demo(settings: PulseSettings, input_path: Path, symbol: str | None, spee
             frame_counters=router.counters,
         )
     finally:
-        if queries is not None:
-            queries.stop()
-        if spark is not None:
-            spark.stop()
         broker.stop()
         if transport is not None:
             transport.close()
-
-
-class _NoView:
-    def __enter__(self) -> _NoView:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        return None

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from pulse.compute.columns import (
     window_metrics_columns,
     with_write_time,
 )
+from pulse.compute.spark_session import build_spark_session
 from pulse.settings import PulseSettings
 from pulse.storage.clickhouse import ClickHouseTransport
 
@@ -285,3 +287,17 @@ def reached(query: StreamingQuery, end_offsets: Mapping[str, Mapping[int, int]])
             if any(int(done.get(str(p), 0)) < end for p, end in partitions.items()):
                 return False
     return True
+
+
+@contextmanager
+def running_job(settings: PulseSettings, bootstrap: str, transport: ClickHouseTransport) -> Iterator[PulseQueries]:
+    """A Spark session running the Pulse queries; both are stopped on exit, whatever happened."""
+    spark = build_spark_session(settings)
+    try:
+        queries = start_queries(spark, settings, bootstrap, transport)
+        try:
+            yield queries
+        finally:
+            queries.stop()
+    finally:
+        spark.stop()

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 from pyspark.sql.streaming import StreamingQuery
 
-from pulse.compute.job import PulseQueries, kafka_offsets, start_queries
-from pulse.compute.spark_session import build_spark_session
+from pulse.compute.job import PulseQueries, kafka_offsets, running_job
 from pulse.settings import PulseSettings
 from pulse.storage.clickhouse import ClickHouseTransport, apply_schema, open_transport
 
@@ -77,27 +76,20 @@ def run_processor(settings: PulseSettings, bootstrap: str, stop: threading.Event
                   until_idle_s: float | None = None, create_schema: bool = True, poll_s: float = 0.5) -> None:
     """Run the metrics and rejects queries until `stop` is set (or the topic went idle)."""
     transport: ClickHouseTransport = open_transport(settings.clickhouse, settings.chdb_path)
-    queries: PulseQueries | None = None
-    spark = None
     try:
         if create_schema:
             apply_schema(transport, settings.schema_dir)
         say(f"starting Spark ({settings.spark.master}); topic {settings.kafka.trades_topic} on {bootstrap}, "
             f"ClickHouse via {settings.clickhouse.transport} database {settings.clickhouse.database}")
-        spark = build_spark_session(settings)
-        queries = start_queries(spark, settings, bootstrap, transport)
-        say(f"processing: trigger {settings.spark.trigger_ms} ms, watermark {settings.spark.watermark_s:g} s, "
-            f"starting offsets {settings.spark.starting_offsets}, checkpoints {settings.checkpoint_dir}")
-        if until_idle_s is None:
-            while not stop.wait(poll_s):
-                queries.raise_if_failed()
-        elif wait_until_idle(queries, until_idle_s, stop, poll_s=poll_s):
-            say(f"topic consumed and idle for {until_idle_s:g} s: stopping")
-        queries.raise_if_failed()
+        with running_job(settings, bootstrap, transport) as queries:
+            say(f"processing: trigger {settings.spark.trigger_ms} ms, watermark {settings.spark.watermark_s:g} s, "
+                f"starting offsets {settings.spark.starting_offsets}, checkpoints {settings.checkpoint_dir}")
+            if until_idle_s is None:
+                while not stop.wait(poll_s):
+                    queries.raise_if_failed()
+            elif wait_until_idle(queries, until_idle_s, stop, poll_s=poll_s):
+                say(f"topic consumed and idle for {until_idle_s:g} s: stopping")
+            queries.raise_if_failed()
     finally:
-        if queries is not None:
-            queries.stop()
-        if spark is not None:
-            spark.stop()
         transport.close()
     say("stopped")
