@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -138,11 +138,6 @@ async def replay_frames(frames: Iterable[RawFrame], router: FrameRouter, speed: 
             # Flat out, a file outruns any broker: unlike a live feed, a replay can wait, so it
             # holds back instead of letting the queue drop its oldest frames.
             await router.wait_for_room()
-
-
-async def stream_frames(frames: AsyncIterator[str | bytes], router: FrameRouter) -> None:
-    async for frame in frames:
-        router.route(frame)
 
 
 async def run_publisher_until(publisher: KafkaPublisher, queue: DropOldestQueue,

@@ -44,7 +44,7 @@ def live_settings(base: PulseSettings, kafka: KafkaSettings, double: BinanceDoub
     overrides: dict[str, Any] = {
         "symbols": symbols, "ws_base_url": double.ws_base_url, "rest_base_url": double.rest_base_url,
         "reconnect_initial_s": 0.05, "reconnect_max_s": 0.5, "gap_grace_s": 0.05, "gap_fill_timeout_s": 5.0,
-        "stall_timeout_s": 2.0, "metrics_port": 0, "shutdown_timeout_s": 10.0, **producer,
+        "stall_timeout_s": 5.0, "metrics_port": 0, "shutdown_timeout_s": 10.0, **producer,
     }
     return base.model_copy(update={"kafka": kafka, "producer": base.producer.model_copy(update=overrides)})
 
