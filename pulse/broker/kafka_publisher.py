@@ -13,6 +13,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import msgspec
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
@@ -21,15 +22,14 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from pulse.settings import KafkaSettings, ProducerSettings
 
 
-@dataclass(frozen=True, slots=True)
-class OutboundRecord:
+class OutboundRecord(msgspec.Struct, frozen=True):
     topic: str
     key: bytes
     value: bytes
     symbol: str
     # Exchange time of the trade (ms), for exchange -> broker-ack latency.
     exchange_time_ms: int
-    enqueued_at: float = field(default_factory=time.perf_counter)
+    enqueued_at: float = msgspec.field(default_factory=time.perf_counter)
 
 
 class DropOldestQueue:

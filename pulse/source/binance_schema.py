@@ -8,9 +8,9 @@ fields without notice and a parser that rejects them would turn a schema extensi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Literal
 
+import msgspec
 import orjson
 
 Side = Literal["BUY", "SELL"]
@@ -28,8 +28,7 @@ class NotATrade(Exception):
     """A well-formed frame of another stream (depth, bookTicker, kline...): skipped, not an error."""
 
 
-@dataclass(frozen=True, slots=True)
-class BinanceAggTrade:
+class BinanceAggTrade(msgspec.Struct, frozen=True):
     e: str  # event type, always "aggTrade"
     E: int  # event time, ms since epoch (exchange send time)
     s: str  # symbol, upper case, e.g. "BTCUSDT"
@@ -43,8 +42,7 @@ class BinanceAggTrade:
     nq: str | None = None  # USD-M only: quantity without RPI orders
 
 
-@dataclass(frozen=True, slots=True)
-class Trade:
+class Trade(msgspec.Struct, frozen=True):
     """The domain record every stage after the source works with."""
 
     symbol: str
