@@ -245,7 +245,7 @@ def start_queries(spark: SparkSession, settings: PulseSettings, bootstrap: str,
     )
     rejects = (
         rejected_messages(parsed).writeStream.queryName(REJECTS_QUERY).outputMode("append")
-        .trigger(processingTime=trigger)
+        .trigger(processingTime=f"{settings.spark.rejects_trigger_ms} milliseconds")
         .option("checkpointLocation", str((checkpoints / REJECTS_QUERY).resolve()))
         .foreachBatch(sink.write_rejects)
         .start()

@@ -86,5 +86,6 @@ def settings(base_settings: PulseSettings, topics: KafkaSettings, database: Chdb
         "kafka": topics,
         "clickhouse": base_settings.clickhouse.model_copy(update={"database": database.database}),
         "spark": base_settings.spark.model_copy(update={
-            "starting_offsets": "earliest", "checkpoint_dir": tmp_path / "checkpoints", "trigger_ms": 250}),
+            "starting_offsets": "earliest", "checkpoint_dir": tmp_path / "checkpoints", "trigger_ms": 250,
+            "rejects_trigger_ms": 500}),
     })
