@@ -3,17 +3,23 @@ and an interrupted demo that must leave no broker or Spark JVM behind."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
+from pulse.broker.local_kafka import free_port
+from pulse.settings import KafkaSettings
+from tests.support.producer_harness import consume_all, fresh_topics, ids_by_symbol
 from tests.support.recordings import ARCHIVE_CSV, ROOT, USDM_RAW, recording
 from tests.support.reference import reference_windows, trades_from_recording
 
@@ -100,3 +106,59 @@ def test_make_help_lists_the_entry_points():
     output = run("make", "help").stdout
     for target in ("setup", "demo", "test", "lint", "bench"):
         assert f"make {target} " in output
+
+
+def produce_env(topics: KafkaSettings) -> dict[str, str]:
+    return {**os.environ, "PULSE_KAFKA__TRADES_TOPIC": topics.trades_topic,
+            "PULSE_KAFKA__DEAD_LETTER_TOPIC": topics.dead_letter_topic,
+            "PULSE_KAFKA__GAPS_TOPIC": f"{topics.trades_topic}.gaps"}
+
+
+def test_pulse_produce_replay_publishes_every_recorded_trade(kafka, tmp_path):
+    topics = fresh_topics(kafka.bootstrap)
+    path = recording(USDM_RAW)
+    subprocess.run([PULSE, "produce", "--source", "replay", "--input", str(path), "--bootstrap-servers",
+                    kafka.bootstrap, "--metrics-port", "0", "--data-dir", str(tmp_path)],
+                   env=produce_env(topics), cwd=ROOT, check=True, timeout=120, capture_output=True)
+    records = asyncio.run(consume_all(kafka.bootstrap, topics.trades_topic))
+    want = sorted((t.symbol, t.agg_id) for t in trades_from_recording(path))
+    assert sorted((r.value["symbol"], r.value["agg_trade_id"]) for r in records) == want
+
+
+def test_pulse_produce_synthetic_publishes_the_requested_total(kafka, tmp_path):
+    topics = fresh_topics(kafka.bootstrap)
+    subprocess.run([PULSE, "produce", "--source", "synthetic", "--rate", "20000", "--total", "20000",
+                    "--bootstrap-servers", kafka.bootstrap, "--metrics-port", "0", "--data-dir", str(tmp_path)],
+                   env=produce_env(topics), cwd=ROOT, check=True, timeout=120, capture_output=True)
+    records = asyncio.run(consume_all(kafka.bootstrap, topics.trades_topic))
+    assert len(records) == 20000
+    for symbol_ids in ids_by_symbol(records).values():
+        assert symbol_ids == sorted(set(symbol_ids)), "synthetic ids must be unique and in order per symbol"
+
+
+def test_jupyter_lab_serves_the_notebook(tmp_path):
+    port = free_port()
+    token = "pulse-test"
+    lab = subprocess.Popen([str(Path(sys.executable).with_name("jupyter")), "lab", "--no-browser", "--ip=127.0.0.1",
+                            f"--port={port}", f"--IdentityProvider.token={token}", "--ServerApp.open_browser=False",
+                            # CI runs as root, which JupyterLab refuses unless told.
+                            "--allow-root",
+                            "notebooks/"],
+                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path), "HOME": str(tmp_path)})
+    try:
+        url = f"http://127.0.0.1:{port}/api/contents/notebooks/pulse.ipynb?token={token}"
+        for _ in range(120):
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    notebook = json.loads(response.read())
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError("JupyterLab did not serve notebooks/pulse.ipynb within 60 s")
+        assert notebook["type"] == "notebook"
+        assert any(cell["cell_type"] == "code" for cell in notebook["content"]["cells"])
+    finally:
+        lab.terminate()
+        lab.wait(timeout=30)
