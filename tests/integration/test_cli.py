@@ -147,7 +147,7 @@ def test_jupyter_lab_serves_the_notebook(tmp_path):
                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path), "HOME": str(tmp_path)})
     try:
-        url = f"http://127.0.0.1:{port}/api/contents/notebooks/pulse.ipynb?token={token}"
+        url = f"http://127.0.0.1:{port}/api/contents/pulse.ipynb?token={token}"
         for _ in range(120):
             try:
                 with urllib.request.urlopen(url, timeout=2) as response:
