@@ -441,7 +441,8 @@ async def serve_producer(settings: PulseSettings, bootstrap: str, source: Source
     await ensure_topics(bootstrap, [settings.kafka.trades_topic, settings.kafka.dead_letter_topic,
                                     settings.kafka.gaps_topic], settings.kafka.partitions)
     runner, service.metrics_port = await start_metrics_server(service.snapshot, service.health,
-                                                              settings.producer.metrics_port)
+                                                              settings.producer.metrics_port,
+                                                              settings.producer.metrics_host)
     try:
         await service.run(bootstrap, stop)
     finally:

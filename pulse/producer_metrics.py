@@ -101,7 +101,7 @@ class ProducerCollector(Collector):
 
 
 async def start_metrics_server(snapshot: Callable[[], MetricsSnapshot], ready: Callable[[], Mapping[str, Any]],
-                               port: int, host: str = "0.0.0.0") -> tuple[web.AppRunner, int]:  # noqa: S104
+                               port: int, host: str) -> tuple[web.AppRunner, int]:
     """`/metrics` (Prometheus text) and `/health` (200 when ready, else 503); returns the bound port."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ProducerCollector(snapshot))

@@ -60,6 +60,9 @@ class ProducerSettings(BaseModel):
     # /health turns unready when records wait and no ack came for this long.
     health_ack_stale_s: float = Field(default=10.0, gt=0)
     metrics_port: int = Field(default=9108, ge=0)
+    # Loopback unless told: the docker stack sets 0.0.0.0 inside the container and publishes the
+    # port on the host's 127.0.0.1 only.
+    metrics_host: str = "127.0.0.1"
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
 
     @field_validator("symbols", mode="before")
