@@ -4,6 +4,7 @@ in pulse_health.data_loss_offsets, while everything still there is aggregated.""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.integration
 START_MS = 1_767_225_600_000
 
 
-def _trades(ids: range) -> list[dict[str, object]]:
+def _trades(ids: range) -> list[dict[str, Any] | bytes | str]:
     return [trade_message("LOSSUSDT", i, 100.0 + i % 3, 1.0, START_MS + i * 100, i % 2 == 0) for i in ids]
 
 
