@@ -19,11 +19,12 @@ from pathlib import Path
 from pulse.broker.local_kafka import LocalKafkaBroker, end_offsets, ensure_topics
 from pulse.compute.job import running_job, wait_until_caught_up
 from pulse.producer import FrameCounters, replay_to_kafka
+from pulse.resources import bundled_recording
 from pulse.settings import PulseSettings
 from pulse.source.replay_file import ReplayStats
 from pulse.storage.clickhouse import ChdbTransport, ClickHouseTransport, apply_schema
 
-BUNDLED_RECORDING = Path(__file__).resolve().parents[1] / "data" / "recordings" / "binance-usdm-ws-2021-04-05.raw"
+BUNDLED_RECORDING = bundled_recording()
 
 Say = Callable[[str], None]
 

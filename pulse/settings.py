@@ -14,9 +14,11 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-# In a checkout (`make setup`), the JVM jars and the SQL schema sit beside the package; images
-# that install Pulse elsewhere point PULSE_JARS_DIR / PULSE_SCHEMA_DIR at their copies.
-_PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from pulse.resources import schema_dir as package_schema_dir
+
+# The JVM jars are no package data: `make setup` fetches them into the checkout's .cache/jars;
+# images that install Pulse elsewhere point PULSE_JARS_DIR at their copy.
+_CHECKOUT = Path(__file__).resolve().parents[1]
 
 
 class KafkaSettings(BaseModel):
@@ -128,8 +130,9 @@ class PulseSettings(BaseSettings):
     )
 
     data_dir: Path = Path(".pulse")
-    jars_dir: Path = _PROJECT_ROOT / ".cache" / "jars"
-    schema_dir: Path = _PROJECT_ROOT / "clickhouse" / "schema"
+    jars_dir: Path = _CHECKOUT / ".cache" / "jars"
+    # The package's own schema files unless a deployment points elsewhere.
+    schema_dir: Path = Field(default_factory=package_schema_dir)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     producer: ProducerSettings = Field(default_factory=ProducerSettings)
     spark: SparkSettings = Field(default_factory=SparkSettings)

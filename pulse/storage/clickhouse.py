@@ -164,12 +164,12 @@ def split_statements(sql_text: str) -> list[str]:
 def schema_files(schema_dir: Path) -> list[Path]:
     files = sorted(schema_dir.glob("*.sql"))
     if not files:
-        raise FileNotFoundError(f"no *.sql under {schema_dir}: set PULSE_SCHEMA_DIR to the clickhouse/schema folder")
+        raise FileNotFoundError(f"no *.sql under {schema_dir}: set PULSE_SCHEMA_DIR to the pulse/resources/schema folder")
     return files
 
 
 def apply_schema(transport: ClickHouseTransport, schema_dir: Path) -> None:
-    """Create every table and view from `clickhouse/schema/*.sql` (the same files the server runs)."""
+    """Create every table and view from `pulse/resources/schema/*.sql` (the same files the server runs)."""
     for path in schema_files(schema_dir):
         for statement in split_statements(path.read_text()):
             transport.command(statement)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 _SHARED = ROOT.parent / "shared" / "data"
-_BUNDLED = ROOT / "data" / "recordings"
+_BUNDLED = ROOT / "pulse" / "resources" / "recordings"
 
 USDM_RAW = "binance-usdm-ws-2021-04-05.raw"
 SPOT_RAW = "binance-spot-ws-2021-04-04.raw"

@@ -1,4 +1,4 @@
-"""Real parts for integration tests, started by the project itself, once per pytest process.
+"""Real parts for the integration and stack tests, started by the project itself, once per pytest process.
 
 - `kafka`: the embedded KRaft broker (Apache Kafka 4.1, jars from `make setup`).
 - `spark`: pyspark in local mode with the official Kafka connector.
@@ -9,7 +9,6 @@ Topics and databases are unique per test, so tests never see each other's data.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,9 +17,7 @@ import pytest
 from pulse.broker.local_kafka import LocalKafkaBroker, ensure_topics
 from pulse.settings import KafkaSettings, PulseSettings
 from pulse.storage.clickhouse import ChdbEngine, ChdbTransport, apply_schema
-
-pytestmark = pytest.mark.integration
-
+from tests.support.names import unique_name
 
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -54,10 +51,6 @@ def chdb_engine(base_settings: PulseSettings) -> Iterator[ChdbEngine]:
     engine = ChdbEngine.at(base_settings.chdb_path)
     yield engine
     engine.close()
-
-
-def unique_name(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
 
 @pytest.fixture

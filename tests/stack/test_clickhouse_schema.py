@@ -1,6 +1,6 @@
 """Every SQL file under clickhouse/ on the ClickHouse engine (chDB), and the server's init script.
 
-- clickhouse/schema/*.sql run on chDB, file by file, in the order the server's init script runs them.
+- pulse/resources/schema/*.sql run on chDB, file by file, in the order the server's init script runs them.
 - clickhouse/initdb/users.sql.tmpl (CREATE USER, SETTINGS PROFILE, GRANT) needs a server's access
   control, which chDB does not have: those statements are only parsed here (EXPLAIN AST).
 - clickhouse/initdb/01-pulse.sh runs for real against a stand-in `clickhouse-client` that records
@@ -23,12 +23,12 @@ import pytest
 
 from pulse.settings import PulseSettings
 from pulse.storage.clickhouse import ChdbEngine, ChdbTransport, split_statements
-from tests.integration.conftest import unique_name
+from tests.support.names import unique_name
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-SCHEMA = sorted((ROOT / "clickhouse" / "schema").glob("*.sql"))
+SCHEMA = sorted((ROOT / "pulse" / "resources" / "schema").glob("*.sql"))
 INITDB = ROOT / "clickhouse" / "initdb"
 USERS_TEMPLATE = INITDB / "users.sql.tmpl"
 SERVER_ONLY = re.compile(r"^\s*(CREATE\s+USER|CREATE\s+SETTINGS\s+PROFILE|GRANT)\b", re.IGNORECASE)
@@ -41,7 +41,8 @@ def _objects(transport: ChdbTransport) -> set[str]:
 
 
 def test_every_sql_file_under_clickhouse_is_covered() -> None:
-    every = {p.relative_to(ROOT).as_posix() for p in (ROOT / "clickhouse").rglob("*.sql*")}
+    every = {p.relative_to(ROOT).as_posix() for folder in (ROOT / "clickhouse", ROOT / "pulse" / "resources")
+             for p in folder.rglob("*.sql*")}
     covered = {p.relative_to(ROOT).as_posix() for p in [*SCHEMA, USERS_TEMPLATE]}
     assert every == covered, f"SQL that no test runs: {sorted(every - covered)}"
 
@@ -127,7 +128,7 @@ def _run_init_script(tmp_path: Path, database: str, writer: str = "pulse_writer"
     env = {
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}", "STUB_LOG": str(log),
         "CLICKHOUSE_USER": "pulse_admin", "CLICKHOUSE_PASSWORD": "admin-secret", "CLICKHOUSE_DB": database,
-        "PULSE_SCHEMA_DIR": str(ROOT / "clickhouse" / "schema"), "PULSE_INITDB_DIR": str(INITDB),
+        "PULSE_SCHEMA_DIR": str(ROOT / "pulse" / "resources" / "schema"), "PULSE_INITDB_DIR": str(INITDB),
         "PULSE_INITDB_MARKER": str(tmp_path / "initdb-done"),
         "PULSE_WRITER_USER": writer, "PULSE_WRITER_PASSWORD": writer_password,
         "PULSE_READER_USER": "pulse_reader", "PULSE_READER_PASSWORD": "reader-secret",
