@@ -19,6 +19,7 @@ from pulse.settings import KafkaSettings, PulseSettings
 from pulse.storage.clickhouse import ChdbEngine, ChdbTransport, apply_schema
 from tests.support.names import unique_name
 
+
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("pulse-run")

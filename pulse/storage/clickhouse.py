@@ -164,7 +164,7 @@ def split_statements(sql_text: str) -> list[str]:
 def schema_files(schema_dir: Path) -> list[Path]:
     files = sorted(schema_dir.glob("*.sql"))
     if not files:
-        raise FileNotFoundError(f"no *.sql under {schema_dir}: set PULSE_SCHEMA_DIR to the pulse/resources/schema folder")
+        raise FileNotFoundError(f"no *.sql under {schema_dir}: unset PULSE_SCHEMA_DIR to use the packaged schema")
     return files
 
 

@@ -17,8 +17,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pulse.broker.local_kafka import ensure_topics
 from pulse.producer import ProducerService, SourceChoice
 from pulse.settings import KafkaSettings, PulseSettings
-from tests.support.names import unique_name
 from tests.support.binance_double import BinanceDouble, agg_trades_from_recording
+from tests.support.names import unique_name
 from tests.support.recordings import SPOT_RAW, USDM_RAW, recording
 from tests.support.reference import trades_from_recording
 
