@@ -1,4 +1,4 @@
-"""Every Grafana query — panels, dashboard variables, the alert rule — run on chDB against the schema.
+"""Every Grafana query — panels, annotations, dashboard variables, the alert rule — run on chDB.
 
 Rows come from a real Binance recording: windows computed by the independent reference
 (tests/support/reference.py) and written to pulse_metrics as the job writes them (an older version
@@ -14,15 +14,27 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
 import pytest
 
 from pulse.storage.clickhouse import ChdbTransport
-from tests.support.grafana import ROOT, TimeRange, alert_rules, dashboards, expand_macros, interpolate, panels
+from tests.support.grafana import (
+    ROOT,
+    TimeRange,
+    alert_rules,
+    annotation_queries,
+    dashboards,
+    expand_macros,
+    interpolate,
+    panels,
+)
+from tests.support.metrics_rows import arrow_table, metrics_row, utc
 from tests.support.recordings import SPOT_RAW, recording
 from tests.support.reference import RefWindow, reference_windows, trades_from_recording
+from tests.support.signal_quality import reference_outcomes, reference_signal_quality
 
 pytestmark = pytest.mark.integration
 
@@ -32,38 +44,12 @@ RANGES = {"10m": (timedelta(minutes=10), "pulse_metrics_1s"), "2h": (timedelta(h
           "2d": (timedelta(days=2), "pulse_metrics_1m")}
 
 
-def _utc(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
-def _metrics_row(w: RefWindow, version: int, written_at: datetime) -> dict[str, Any]:
-    buy = (w.total_volume + w.net_delta) / 2
-    latency_ms = (written_at - _utc(w.window_start_ms)).total_seconds() * 1000
-    return {
-        "symbol": w.symbol, "window_start": _utc(w.window_start_ms), "window_end": _utc(w.window_start_ms + 1000),
-        "vwap": w.vwap, "net_delta": w.net_delta, "buy_pressure_pct": w.buy_pressure_pct,
-        "total_volume": w.total_volume, "trade_count": w.trade_count, "avg_price_1_sec": w.avg_price,
-        "signal": w.signal, "open": w.open, "high": w.high, "low": w.low, "close": w.close,
-        "buy_volume": buy, "sell_volume": w.total_volume - buy, "quote_volume": w.vwap * w.total_volume,
-        "first_agg_trade_id": w.first_agg_id, "last_agg_trade_id": w.last_agg_id,
-        "expected_trade_count": w.last_agg_id - w.first_agg_id + 1,
-        "avg_ingest_latency_ms": 40.0, "max_ingest_latency_ms": 90.0,
-        "avg_write_latency_ms": latency_ms - 500, "max_write_latency_ms": latency_ms,
-        "written_at": written_at, "version": version,
-    }
-
-
-def _table(rows: list[dict[str, Any]]) -> pa.Table:
-    return pa.Table.from_pylist([{k: (v.replace(tzinfo=None) if isinstance(v, datetime) else v)
-                                  for k, v in row.items()} for row in rows])
-
-
 class Stack:
     def __init__(self, transport: ChdbTransport, windows: dict[tuple[str, int], RefWindow]) -> None:
         self.transport = transport
         self.windows = windows
-        self.first = _utc(min(ms for _, ms in windows))
-        self.last_end = _utc(max(ms for _, ms in windows) + 1000)
+        self.first = utc(min(ms for _, ms in windows))
+        self.last_end = utc(max(ms for _, ms in windows) + 1000)
 
     def time_range(self, span: timedelta) -> TimeRange:
         end = self.last_end + timedelta(seconds=2)
@@ -86,21 +72,21 @@ def stack(database: ChdbTransport) -> Stack:
     ordered = sorted(windows.values(), key=lambda w: (w.window_start_ms, w.symbol))
     # The job writes a window again when late trades change it: an older version of the first ones,
     # with wrong counts, that FINAL (and so every panel) must not show.
-    stale = [_metrics_row(w, 1, _utc(w.window_start_ms + 1000) + WRITE_DELAY) | {"trade_count": 1}
+    stale = [metrics_row(w, 1, utc(w.window_start_ms + 1000) + WRITE_DELAY) | {"trade_count": 1}
              for w in ordered[:20]]
-    fresh = [_metrics_row(w, 2, _utc(w.window_start_ms + 1000) + 2 * WRITE_DELAY) for w in ordered]
-    database.insert_arrow("pulse_metrics", _table(stale + fresh))
+    fresh = [metrics_row(w, 2, utc(w.window_start_ms + 1000) + 2 * WRITE_DELAY) for w in ordered]
+    database.insert_arrow("pulse_metrics", arrow_table(stale + fresh))
     first_ms, last_ms = ordered[0].window_start_ms, ordered[-1].window_start_ms + 1000
-    health = [{"reported_at": _utc(ms), "query_name": name, "batch_id": i, "input_rows": 20,
+    health = [{"reported_at": utc(ms), "query_name": name, "batch_id": i, "input_rows": 20,
                "input_rows_per_second": 40.0, "processed_rows_per_second": 400.0,
                "late_rows_dropped": i % 7 == 0, "late_trades": 3 * (i % 7 == 0), "state_rows": 12,
-               "watermark": _utc(ms - 2000) if i else None, "batch_duration_ms": 80, "data_loss_offsets": 0}
+               "watermark": utc(ms - 2000) if i else None, "batch_duration_ms": 80, "data_loss_offsets": 0}
               for i, ms in enumerate(range(first_ms, last_ms, 500)) for name in ("metrics", "rejects")]
-    database.insert_arrow("pulse_health", _table(health))
-    rejects = [{"rejected_at": _utc(first_ms + 1000 * i), "topic": "pulse.aggtrades.v1", "partition": i % 3,
-                "offset": 100 + i, "kafka_time": _utc(first_ms + 1000 * i - 5), "reason": "invalid JSON",
+    database.insert_arrow("pulse_health", arrow_table(health))
+    rejects = [{"rejected_at": utc(first_ms + 1000 * i), "topic": "pulse.aggtrades.v1", "partition": i % 3,
+                "offset": 100 + i, "kafka_time": utc(first_ms + 1000 * i - 5), "reason": "invalid JSON",
                 "raw_value": "{not json", "version": 1} for i in range(3)]
-    database.insert_arrow("pulse_rejects", _table(rejects))
+    database.insert_arrow("pulse_rejects", arrow_table(rejects))
     return Stack(database, windows)
 
 
@@ -153,6 +139,11 @@ def _check_columns(panel: dict[str, Any], table: pa.Table, types: dict[str, str]
         assert all(_numeric(t) or _string(t) for t in others.values()), f"{title}: {types}"
     if kind == "state-timeline":
         assert _string(types["signal"])
+    if kind == "candlestick":
+        mapped = panel["options"]["fields"]
+        assert {"open", "high", "low", "close", "volume"} <= set(mapped), f"{title}: {mapped}"
+        for name in mapped.values():
+            assert name in types and _numeric(types[name]), f"{title}: {name} is not a numeric column of {types}"
     if kind in ("stat", "piechart"):
         fields = _fields(panel, table)
         assert fields, f"{title}: {panel['options']['reduceOptions']['fields']} matches no column of {types}"
@@ -161,6 +152,15 @@ def _check_columns(panel: dict[str, Any], table: pa.Table, types: dict[str, str]
     for override in panel["fieldConfig"].get("overrides", []):
         if override["matcher"]["id"] == "byName":
             assert override["matcher"]["options"] in table.column_names, f"{title}: override names a missing column"
+
+
+def _check_annotation(annotation: dict[str, Any], table: pa.Table, types: dict[str, str]) -> None:
+    """Grafana's standard annotation mapping: `time`, `text`, and `tags` as one comma-separated string."""
+    name = annotation["name"]
+    assert list(types) == table.column_names
+    assert table.num_rows > 0, f"{name}: no rows"
+    assert set(types) == {"time", "text", "tags"}, f"{name}: {types}"
+    assert _time(types["time"]) and _string(types["text"]) and _string(types["tags"]), f"{name}: {types}"
 
 
 @pytest.mark.parametrize("span", sorted(RANGES))
@@ -176,7 +176,11 @@ def test_every_panel_query_runs_and_returns_the_columns_it_plots(stack: Stack, s
                     _check_columns(panel, stack.run(target["rawSql"], tr, variables),
                                    stack.types(target["rawSql"], tr, variables))
                     checked += 1
-    assert checked >= 20
+            for annotation in annotation_queries(dashboard):
+                sql = annotation["target"]["rawSql"]
+                _check_annotation(annotation, stack.run(sql, tr, variables), stack.types(sql, tr, variables))
+                checked += 1
+    assert checked >= 25
 
 
 def test_signal_panels_show_each_window_once_with_the_reference_values(stack: Stack) -> None:
@@ -201,6 +205,111 @@ def test_signal_panels_show_each_window_once_with_the_reference_values(stack: St
         assert sum(rolled.column("trade_count").to_pylist()) == sum(w.trade_count for w in expected)
 
 
+def _signals_dashboard() -> dict[str, Any]:
+    (signals,) = [d for d in dashboards().values() if d["uid"] == "pulse-signals"]
+    return signals
+
+
+def _symbol_windows(stack: Stack, symbol: str) -> list[RefWindow]:
+    return sorted((w for (s, _), w in stack.windows.items() if s == symbol), key=lambda w: w.window_start_ms)
+
+
+def _ms(moment: datetime | int) -> int:
+    """A time column as epoch ms: Arrow gives a DateTime64 as a datetime, a DateTime as epoch seconds."""
+    if isinstance(moment, int):
+        return moment * 1000
+    return round(moment.replace(tzinfo=moment.tzinfo or UTC).timestamp() * 1000)
+
+
+def _in_range(start_ms: int, tr: TimeRange) -> bool:
+    # $__timeFilter and $__fromTime/$__toTime compare with whole seconds (toDateTime), inclusive.
+    return tr.start.timestamp() // 1 * 1000 <= start_ms <= tr.end.timestamp() // 1 * 1000
+
+
+def _later_start(stack: Stack, seconds: int) -> TimeRange:
+    """The 10-minute range cut to start `seconds` after the first window: data before it exists."""
+    tr = stack.time_range(RANGES["10m"][0])
+    return TimeRange(stack.first + timedelta(seconds=seconds, milliseconds=500), tr.end, tr.interval_s)
+
+
+def test_candles_and_cvd_panels_match_the_reference(stack: Stack) -> None:
+    by_title = {p["title"]: p["targets"][0]["rawSql"] for p in panels(_signals_dashboard()) if p.get("targets")}
+    for tr in (stack.time_range(RANGES["10m"][0]), _later_start(stack, 20)):
+        for symbol in sorted({s for s, _ in stack.windows}):
+            expected = [w for w in _symbol_windows(stack, symbol) if _in_range(w.window_start_ms, tr)]
+            variables = {"symbol": symbol, "rollup": "pulse_metrics_1s"}
+            candles = stack.run(by_title["Candles with VWAP"], tr, variables).to_pylist()
+            assert [_ms(row["time"]) for row in candles] == [w.window_start_ms for w in expected]
+            for column in ("open", "high", "low", "close", "vwap"):
+                assert [row[column] for row in candles] == pytest.approx([getattr(w, column) for w in expected])
+            assert [row["volume"] for row in candles] == pytest.approx([w.total_volume for w in expected])
+            # CVD restarts at the range's first window: the running sum of the net deltas from there.
+            cvd = stack.run(by_title["Cumulative volume delta"], tr, variables).to_pylist()
+            assert [_ms(row["time"]) for row in cvd] == [w.window_start_ms for w in expected]
+            running, sums = Decimal(0), []
+            for w in expected:
+                running += Decimal(w.net_delta)
+                sums.append(float(running))
+            assert [row["cvd"] for row in cvd] == pytest.approx(sums, rel=1e-9, abs=1e-9)
+            assert [row["price"] for row in cvd] == [w.close for w in expected]
+
+
+def _changes(windows: list[RefWindow], tr: TimeRange) -> list[tuple[int, str, str]]:
+    """(time, text, tags) of every window whose signal is not NEUTRAL and differs from the window before it."""
+    marks, previous = [], ""
+    for w in windows:
+        if _in_range(w.window_start_ms, tr) and w.signal not in ("NEUTRAL", previous):
+            was = f" (was {previous})" if previous else ""
+            marks.append((w.window_start_ms, f"{w.symbol}: {w.signal}{was}", f"{w.signal},{w.symbol}"))
+        previous = w.signal
+    return marks
+
+
+def test_signal_change_annotations_mark_each_change_to_a_non_neutral_signal(stack: Stack) -> None:
+    (annotation,) = annotation_queries(_signals_dashboard())
+    sql = annotation["target"]["rawSql"]
+    # The whole session, and a range that starts mid-session: its first window compares with the one
+    # before the range, so a signal that merely continues is not marked at the left edge.
+    for tr in (stack.time_range(RANGES["10m"][0]), _later_start(stack, 30)):
+        for symbol in sorted({s for s, _ in stack.windows}):
+            rows = stack.run(sql, tr, {"symbol": symbol}).to_pylist()
+            got = sorted((_ms(row["time"]), row["text"], row["tags"]) for row in rows)
+            expected = _changes(_symbol_windows(stack, symbol), tr)
+            assert got == expected
+            assert expected, f"{symbol}: the recording should have signal changes"
+
+
+def test_signal_quality_panel_matches_the_reference_over_the_time_range(stack: Stack) -> None:
+    (panel,) = [p for p in panels(_signals_dashboard()) if p["title"] == "Signal quality"]
+    sql = panel["targets"][0]["rawSql"]
+    for tr in (stack.time_range(RANGES["10m"][0]), _later_start(stack, 20)):
+        for symbol in sorted({s for s, _ in stack.windows}):
+            windows = _symbol_windows(stack, symbol)
+            # Outcomes look at every later window, in the range or not; the range picks the signal windows.
+            outcomes = [o for o in reference_outcomes(windows) if _in_range(o.window_start_ms, tr)]
+            expected = reference_signal_quality(outcomes)
+            rows = stack.run(sql, tr, {"symbol": symbol}).to_pylist()
+            assert {(symbol, r["signal"], r["horizon_s"]): r["signals"] for r in rows} == \
+                {key: q.signals for key, q in expected.items()}
+            for row in rows:
+                ref = expected[(symbol, row["signal"], row["horizon_s"])]
+                assert row["mean_return_bps"] == pytest.approx(float(ref.mean_return_bps), rel=1e-9, abs=1e-9)
+                if ref.hit_rate_pct is None:
+                    assert row["hit_rate_pct"] is None
+                else:
+                    assert row["hit_rate_pct"] == pytest.approx(float(ref.hit_rate_pct), rel=1e-12)
+    # Over the whole session the panel shows the rows of pulse_signal_quality.
+    everything = stack.time_range(RANGES["2d"][0])
+    for symbol in sorted({s for s, _ in stack.windows}):
+        view = stack.transport.query_arrow(
+            f"SELECT signal, horizon_s, signals, hit_rate_pct, mean_return_bps FROM pulse_signal_quality "
+            f"WHERE symbol = '{symbol}' ORDER BY signal, horizon_s").to_pylist()
+        panel_rows = sorted(stack.run(sql, everything, {"symbol": symbol}).to_pylist(),
+                            key=lambda r: (r["signal"], r["horizon_s"]))
+        assert [(r["signal"], r["horizon_s"], r["signals"]) for r in panel_rows] == \
+            [(r["signal"], r["horizon_s"], r["signals"]) for r in view]
+
+
 def test_alert_query_measures_seconds_since_the_newest_window(stack: Stack) -> None:
     (rule,) = alert_rules()
     (query,) = [step for step in rule["data"] if step["datasourceUid"] != "__expr__"]
@@ -214,9 +323,9 @@ def test_alert_query_measures_seconds_since_the_newest_window(stack: Stack) -> N
     # A window that just closed silences it for that symbol only.
     now = datetime.now(UTC)
     newest = max((w for w in stack.windows.values() if w.symbol == "BTCUSDT"), key=lambda w: w.window_start_ms)
-    live = _metrics_row(newest, 3, now) | {"window_start": now - timedelta(seconds=2),
+    live = metrics_row(newest, 3, now) | {"window_start": now - timedelta(seconds=2),
                                            "window_end": now - timedelta(seconds=1)}
-    stack.transport.insert_arrow("pulse_metrics", _table([live]))
+    stack.transport.insert_arrow("pulse_metrics", arrow_table([live]))
     rows_after = stack.run(query["model"]["rawSql"], tr, {}).to_pylist()
     after = {row["symbol"]: row["seconds_since_last_window"] for row in rows_after}
     assert after["BTCUSDT"] < threshold
@@ -227,6 +336,8 @@ def test_play_queries_in_docs_run_on_the_schema(stack: Stack) -> None:
     text = (ROOT / "docs" / "queries.md").read_text()
     queries = re.findall(r"```sql\n(.*?)```", text, flags=re.DOTALL)
     assert len(queries) >= 5
+    for view in ("pulse_cvd(", "pulse_signal_quality", "pulse_signal_outcomes"):
+        assert any(view in query for query in queries), f"docs/queries.md has no query on {view}"
     # `now()` moved to the end of the recorded session, so the filters select the inserted windows.
     session_end = f"toDateTime64('{stack.last_end:%Y-%m-%d %H:%M:%S}', 3, 'UTC')"
     for query in queries:

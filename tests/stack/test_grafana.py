@@ -1,6 +1,6 @@
 """Grafana provisioning, read as Grafana reads it: field names of the ClickHouse plugin v4, one
 datasource uid that every panel and the alert rule use, and paths that match the compose mounts.
-The panel queries themselves run on chDB in tests/integration/test_stack_dashboards.py.
+The panel and annotation queries themselves run on chDB in tests/stack/test_dashboard_queries.py.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from tests.support.grafana import (
     PLUGIN_TYPE,
     ROOT,
     alert_rules,
+    annotation_queries,
     dashboards,
     panels,
     provisioning,
@@ -93,6 +94,12 @@ def test_every_panel_query_and_variable_uses_the_provisioned_datasource() -> Non
                 assert _datasource_uid(target["datasource"]) == DATASOURCE_UID
                 assert target["editorType"] == "sql" and target["rawSql"].strip()
                 assert target["format"] in (0, 1), "0 = time series, 1 = table in the plugin's Format enum"
+        for annotation in annotation_queries(dashboard):
+            target = annotation["target"]
+            assert _datasource_uid(annotation["datasource"]) == DATASOURCE_UID, f"{name}: {annotation['name']}"
+            assert _datasource_uid(target["datasource"]) == DATASOURCE_UID
+            assert target["editorType"] == "sql" and target["rawSql"].strip()
+            assert target["format"] == 1, "annotations are read from a table"
 
 
 def test_dashboards_are_the_two_the_issue_asks_for() -> None:
@@ -111,10 +118,35 @@ def test_dashboards_are_the_two_the_issue_asks_for() -> None:
     sql = " ".join(t["rawSql"] for p in panels(signals) for t in p.get("targets", []))
     for column in ("vwap", "net_delta", "buy_pressure_pct", "total_volume", "trade_count", "signal"):
         assert column in sql
+    # The trader's view: candles with VWAP and volume, CVD, signal markers, and whether signals mean anything.
+    assert kinds["Candles with VWAP"] == "candlestick"
+    assert _panels_by_title(signals)["Candles with VWAP"]["options"]["mode"] == "candles+volume"
+    assert _panels_by_title(signals)["Candles with VWAP"]["options"]["includeAllFields"], "VWAP is drawn too"
+    assert kinds["Cumulative volume delta"] == "timeseries" and "pulse_cvd(" in sql
+    assert kinds["Signal quality"] == "table" and "pulse_signal_outcomes" in sql
+    (markers,) = annotation_queries(signals)
+    assert markers["enable"] and "signal" in markers["target"]["rawSql"]
+    assert set(markers["filter"]["ids"]) <= {p["id"] for p in panels(signals)} and not markers["filter"]["exclude"]
     health_sql = " ".join(t["rawSql"] for p in panels(by_title["Pulse — pipeline health"])
                           for t in p.get("targets", []))
     for table in ("pulse_health", "pulse_metrics", "pulse_rejects"):
         assert table in health_sql
+
+
+def _panels_by_title(dashboard: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {p["title"]: p for p in panels(dashboard)}
+
+
+def test_symbol_variable_refreshes_on_time_range_change() -> None:
+    """refresh 2 = on time-range change: a symbol that starts trading shows up without reloading the
+    dashboard (1, on load, keeps the list the dashboard opened with)."""
+    found = 0
+    for name, dashboard in dashboards().items():
+        for variable in dashboard["templating"]["list"]:
+            if variable["name"] == "symbol":
+                assert variable["refresh"] == 2, f"{name}: $symbol refreshes only on load"
+                found += 1
+    assert found >= 1
 
 
 def test_alert_rule_fires_on_60_seconds_without_a_window() -> None:

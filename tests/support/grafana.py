@@ -45,6 +45,13 @@ def panels(dashboard: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         yield from panel.get("panels", [])
 
 
+def annotation_queries(dashboard: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """The dashboard's annotation queries that a datasource runs (not Grafana's built-in one)."""
+    for annotation in dashboard.get("annotations", {}).get("list", []):
+        if not annotation.get("builtIn"):
+            yield annotation
+
+
 def provisioning(folder: str) -> list[dict[str, Any]]:
     return [yaml.safe_load(path.read_text()) for path in sorted((PROVISIONING / folder).glob("*.y*ml"))]
 
