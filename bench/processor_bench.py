@@ -21,45 +21,29 @@ import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pyarrow as pa
 from aiokafka import AIOKafkaProducer
 
-from pulse.broker.local_kafka import LocalKafkaBroker, ensure_topics
-from pulse.compute.job import start_queries
-from pulse.compute.service import wait_until_idle
-from pulse.compute.spark_session import build_spark_session
-from pulse.settings import KafkaSettings, PulseSettings
-from pulse.storage.clickhouse import ChdbTransport, apply_schema
+from pulse.pipeline import Pipeline
+from pulse.settings import PulseSettings
+from pulse.storage.clickhouse import ClickHouseTransport
+from pulse.storage.sinks import PulseSinks, Sink
 
 
-class RecordingTransport:
-    """The chDB transport, noting when each metrics batch became visible and what it carried."""
+class VisibleAt:
+    """The metrics sink, noting when each batch became visible in ClickHouse and what it carried."""
 
-    def __init__(self, inner: ChdbTransport) -> None:
+    def __init__(self, inner: Sink) -> None:
         self.inner = inner
-        self.database = inner.database
         self.visible: list[tuple[float, list[int], list[int]]] = []
 
-    def command(self, sql: str) -> None:
-        self.inner.command(sql)
-
-    def insert_arrow(self, table: str, data: pa.Table) -> None:
-        self.inner.insert_arrow(table, data)
-        if table == "pulse_metrics" and data.num_rows:
-            starts = [int(v.timestamp() * 1000) for v in data.column("window_start").to_pylist()]
-            self.visible.append((time.time() * 1000, starts, data.column("trade_count").to_pylist()))
-
-    def query_arrow(self, sql: str) -> pa.Table:
-        return self.inner.query_arrow(sql)
-
-    def query_text(self, sql: str, fmt: str = "PrettyCompactMonoBlock") -> str:
-        return self.inner.query_text(sql, fmt)
-
-    def close(self) -> None:
-        self.inner.close()
+    def write(self, batch: pa.Table) -> None:
+        self.inner.write(batch)
+        if batch.num_rows:
+            starts = [int(v.timestamp() * 1000) for v in batch.column("window_start").to_pylist()]
+            self.visible.append((time.time() * 1000, starts, batch.column("trade_count").to_pylist()))
 
 
 def message(agg_id: int, time_ms: int) -> bytes:
@@ -127,37 +111,38 @@ def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else float("nan")
 
 
-def run(base: PulseSettings, spark: Any, bootstrap: str, trigger_ms: int, rate: float | None, count: int,
+def run(base: PulseSettings, bootstrap: str, trigger_ms: int, rate: float | None, count: int,
         earliest: bool = False) -> dict[str, float]:
     topic = f"bench_{uuid.uuid4().hex[:8]}"
-    asyncio.run(ensure_topics(bootstrap, [topic], 1))
-    database = f"bench_{uuid.uuid4().hex[:8]}"
-    transport = RecordingTransport(ChdbTransport(base.chdb_path, database))
-    apply_schema(transport, base.schema_dir)
-    settings = base.model_copy(update={
-        "kafka": KafkaSettings(bootstrap_servers=bootstrap, trades_topic=topic, partitions=1),
-        "clickhouse": base.clickhouse.model_copy(update={"database": database}),
-        "spark": base.spark.model_copy(update={"trigger_ms": trigger_ms, "checkpoint_dir": base.data_dir / topic,
-                                               "starting_offsets": "earliest"}),
-    })
+    settings = base.override(
+        kafka={"bootstrap_servers": bootstrap, "trades_topic": topic, "dead_letter_topic": f"{topic}.dlq",
+               "gaps_topic": f"{topic}.gaps", "partitions": 1},
+        clickhouse={"database": f"bench_{uuid.uuid4().hex[:8]}"},
+        spark={"trigger_ms": trigger_ms, "checkpoint_dir": base.data_dir / topic, "starting_offsets": "earliest"})
+    recorders: list[VisibleAt] = []
+
+    def sinks(transport: ClickHouseTransport) -> PulseSinks:
+        clickhouse = PulseSinks.clickhouse(transport)
+        recorders.append(VisibleAt(clickhouse.metrics))
+        return PulseSinks(metrics=recorders[-1], rejects=clickhouse.rejects, health=clickhouse.health)
+
     times: list[int] = []
-    if earliest:
-        times = asyncio.run(publish(bootstrap, topic, None, count))
-    queries = start_queries(spark, settings, bootstrap, transport)
-    try:
+    with Pipeline(settings, sinks=sinks) as pipeline:
+        pipeline.create_topics()
+        if earliest:
+            times = asyncio.run(publish(bootstrap, topic, None, count))
+        pipeline.start_job()
         if not earliest:
             # Spark runs no batch on an empty topic, so the first real batch would pay for planning,
             # code generation and the state store: one old trade warms the job up, unmeasured.
             asyncio.run(_warm_up(bootstrap, topic))
-            wait_until_idle(queries, idle_s=2.0, timeout_s=300)
+            pipeline.wait_idle(idle_s=2.0, timeout_s=300)
         started = time.monotonic()
         if not earliest:
             times = asyncio.run(publish(bootstrap, topic, rate, count))
-        wait_until_idle(queries, idle_s=1.0, timeout_s=600)
+        pipeline.wait_idle(idle_s=1.0, timeout_s=600)
         elapsed = time.monotonic() - started - 1.0
-    finally:
-        queries.stop()
-    fresh = freshness(times, transport.visible)
+    fresh = freshness(times, recorders[0].visible)
     return {"trades": len(times), "p50": pct(fresh, 50), "p99": pct(fresh, 99), "max": max(fresh, default=0),
             "rate": len(times) / elapsed, "seen": len(fresh)}
 
@@ -165,26 +150,23 @@ def run(base: PulseSettings, spark: Any, bootstrap: str, trigger_ms: int, rate: 
 def main() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="pulse-bench-"))
     base = PulseSettings(_env_file=None, data_dir=data_dir)  # type: ignore[call-arg]
-    broker = LocalKafkaBroker(base.jars_dir, data_dir)
-    bootstrap = broker.start()
-    spark = build_spark_session(base)
     seconds = float(os.environ.get("BENCH_SECONDS", "20"))
     lines = ["| job | offered trades/s | trades | freshness p50 ms | p99 ms | max ms |", "|---|---|---|---|---|---|"]
-    try:
+    # One broker and one Spark session for every run: the first pipeline starts them, the others share.
+    with Pipeline(base) as shared:
+        shared.spark_session()
+        bootstrap = shared.bootstrap
         for trigger in (250, 500, 1000):
             for rate in (1_000, 10_000):
-                r = run(base, spark, bootstrap, trigger, rate, int(rate * seconds))
+                r = run(base, bootstrap, trigger, rate, int(rate * seconds))
                 lines.append(f"| trigger {trigger} ms | {rate:,} | {r['trades']:,.0f} | {r['p50']:.0f} | "
                              f"{r['p99']:.0f} | {r['max']:.0f} |")
                 print(lines[-1], flush=True)
         backlog = int(os.environ.get("BENCH_BACKLOG", "300000"))
-        r = run(base, spark, bootstrap, 250, None, backlog, earliest=True)
+        r = run(base, bootstrap, 250, None, backlog, earliest=True)
         lines.append(f"\nbacklog of {backlog:,} trades read from earliest (trigger 250 ms): "
                      f"{r['rate']:,.0f} trades/s processed")
         print(lines[-1], flush=True)
-    finally:
-        spark.stop()
-        broker.stop()
     print("\n".join(lines))
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import platform
 import statistics
@@ -24,11 +25,13 @@ import time
 from pathlib import Path
 
 from pulse.broker.kafka_publisher import DropOldestQueue, KafkaPublisher, OutboundRecord, build_kafka_producer
-from pulse.broker.local_kafka import LocalKafkaBroker, ensure_topics
-from pulse.broker.trade_message import encode_trade
-from pulse.producer import FrameRouter, now_ms
+from pulse.broker.local_kafka import ensure_topics
+from pulse.model import encode_trade
+from pulse.pipeline import Pipeline
+from pulse.producer import Router
 from pulse.settings import KafkaSettings, PulseSettings
-from pulse.source.binance_schema import parse_frame, to_trade
+from pulse.source.base import FrameDecoder, now_ms
+from pulse.source.binance.wire import decode_frame, to_trade
 from pulse.source.synthetic import SyntheticTrades
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT"]
@@ -37,6 +40,13 @@ SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT"]
 def frames(count: int) -> list[bytes]:
     generator = SyntheticTrades(SYMBOLS, rate_per_s=1.0, seed=42)
     return [generator.frame(now_ms()) for _ in range(count)]
+
+
+def route(decoder: FrameDecoder, router: Router, frame: bytes) -> None:
+    """What the producer does per frame: decode and validate (the source), encode and enqueue (the router)."""
+    trade = decoder.decode(frame, router)
+    if trade is not None:
+        router.trade(trade)
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -49,15 +59,15 @@ async def pulse_throughput(settings: PulseSettings, bootstrap: str, topic: str, 
     producer = build_kafka_producer(kafka, settings.producer, bootstrap)
     await producer.start()
     try:
-        router = FrameRouter(kafka, queue, source="bench")
+        router, decoder = Router(kafka, queue), FrameDecoder("bench")
         publisher = KafkaPublisher(producer, queue)
         publishing = asyncio.create_task(publisher.run())
         started = time.perf_counter()
         for index, frame in enumerate(batch, start=1):
-            router.route(frame)
+            route(decoder, router, frame)
             if index % 2000 == 0:
                 # Like a replay, hold back rather than drop: the benchmark counts every frame.
-                await router.wait_for_room(0.8)
+                await router.room(0.8)
         queue.close()
         await publishing
         elapsed = time.perf_counter() - started
@@ -74,7 +84,7 @@ async def seed_throughput(settings: PulseSettings, bootstrap: str, topic: str, b
     try:
         started = time.perf_counter()
         for frame in batch:
-            trade = to_trade(parse_frame(frame), now_ms())
+            trade = to_trade(decode_frame(frame), now_ms())
             await producer.send_and_wait(topic, encode_trade(trade), key=trade.symbol.encode())
         return len(batch) / (time.perf_counter() - started)
     finally:
@@ -101,7 +111,7 @@ async def pulse_latency(settings: PulseSettings, bootstrap: str, topic: str, bat
     producer = build_kafka_producer(kafka, settings.producer, bootstrap)
     await producer.start()
     try:
-        router = FrameRouter(kafka, queue, source="bench")
+        router, decoder = Router(kafka, queue), FrameDecoder("bench")
 
         def acked(record: OutboundRecord, enqueue_to_ack_s: float) -> None:
             latencies.append(enqueue_to_ack_s)
@@ -109,7 +119,7 @@ async def pulse_latency(settings: PulseSettings, bootstrap: str, topic: str, bat
         publisher = KafkaPublisher(producer, queue, on_ack=acked)
         publishing = asyncio.create_task(publisher.run())
         # OutboundRecord.enqueued_at is taken right after parsing the frame: that is "frame in".
-        await _paced(batch, rate, lambda frame, _at: router.route(frame))
+        await _paced(batch, rate, lambda frame, _at: route(decoder, router, frame))
         queue.close()
         await publishing
         return latencies
@@ -130,7 +140,7 @@ async def seed_latency(settings: PulseSettings, bootstrap: str, topic: str, batc
     async def send_each() -> None:
         while True:
             frame, handed_in = await inbox.get()
-            trade = to_trade(parse_frame(frame), now_ms())
+            trade = to_trade(decode_frame(frame), now_ms())
             await producer.send_and_wait(topic, encode_trade(trade), key=trade.symbol.encode())
             latencies.append(time.perf_counter() - handed_in)
             inbox.task_done()
@@ -153,10 +163,10 @@ async def seed_latency(settings: PulseSettings, bootstrap: str, topic: str, batc
 async def cpu_per_frame_us(settings: PulseSettings, bootstrap: str, batch: list[bytes]) -> tuple[float, float]:
     """Where a frame's time goes without the broker: (parse+validate+encode+enqueue, batch append) in µs."""
     queue = DropOldestQueue(len(batch))
-    router = FrameRouter(settings.kafka, queue, source="bench")
+    router, decoder = Router(settings.kafka, queue), FrameDecoder("bench")
     started = time.perf_counter()
     for frame in batch:
-        router.route(frame)
+        route(decoder, router, frame)
     routed = time.perf_counter()
     records = await queue.take(len(batch))
     producer = build_kafka_producer(settings.kafka, settings.producer, bootstrap)
@@ -196,12 +206,13 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=300_000, help="frames for Pulse's throughput run")
     parser.add_argument("--seed-frames", type=int, default=5_000, help="frames for the seed-style throughput run")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each 2k/s latency run")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line of the headline numbers")
     args = parser.parse_args()
     base = PulseSettings(_env_file=None)  # type: ignore[call-arg]
     with tempfile.TemporaryDirectory(prefix="pulse-bench-") as data_dir:
         settings = base.model_copy(update={"data_dir": Path(data_dir), "kafka": KafkaSettings(partitions=3)})
-        with LocalKafkaBroker(settings.jars_dir, settings.data_dir) as broker:
-            results = asyncio.run(run(settings, broker.bootstrap, args.frames, args.seed_frames, args.seconds))
+        with Pipeline(settings) as pipeline:
+            results = asyncio.run(run(settings, pipeline.bootstrap, args.frames, args.seed_frames, args.seconds))
     ratio = results["pulse_msgs_s"] / results["seed_msgs_s"]
     producer = base.producer
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
@@ -221,6 +232,12 @@ def main() -> None:
     if results["seed_unsent"]:
         print(f"\nseed-style at 2k/s: {results['seed_unsent']:,.0f} of {args.seconds * 2000:,.0f} frames were still "
               "unsent when the run stopped; their wait so far counts as their latency (a lower bound).")
+    if args.json:
+        print(json.dumps({
+            "throughput_msg_s": {"pulse": round(results["pulse_msgs_s"]), "seed_style": round(results["seed_msgs_s"])},
+            "latency_ms_at_2k": {"pulse": {"p50": round(results["pulse_p50_ms"], 3),
+                                           "p99": round(results["pulse_p99_ms"], 3)}},
+            "cpu_us_per_frame": round(results["route_us"] + results["append_us"], 2)}))
 
 
 if __name__ == "__main__":

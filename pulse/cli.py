@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pulse.settings import PulseSettings
+
+if TYPE_CHECKING:
+    from pulse.source.base import Source
+
+
+class UsageError(Exception):
+    """A command line that cannot work as given: exit 2 with one line saying what to change."""
 
 
 def _speed(value: str) -> float | None:
@@ -34,7 +44,7 @@ def _build_parser() -> argparse.ArgumentParser:
     produce = commands.add_parser("produce", help="run the producer: Binance (or a replay, or synthetic) -> Kafka")
     produce.add_argument("--symbols", default=None, help="comma-separated, e.g. BTCUSDT,ETHUSDT (default: settings)")
     produce.add_argument("--source", choices=["live", "replay", "synthetic"], default="live")
-    produce.add_argument("--market", choices=["usdm", "spot"], default=None,
+    produce.add_argument("--market", choices=["usdm", "spot", "coinm"], default=None,
                          help="Binance market of the live source (default: settings, USD-M futures)")
     produce.add_argument("--input", type=Path, default=None, help="recording for --source replay")
     produce.add_argument("--symbol", default=None, help="symbol for recordings that carry none (archive CSV)")
@@ -69,12 +79,30 @@ def _build_parser() -> argparse.ArgumentParser:
 def _settings_for(args: argparse.Namespace) -> PulseSettings:
     settings = PulseSettings()
     if getattr(args, "data_dir", None) is not None:
-        settings = settings.model_copy(update={"data_dir": args.data_dir})
+        settings = settings.override(data_dir=args.data_dir)
     return settings
+
+
+def _given(**values: object) -> dict[str, object]:
+    """The options the user gave (argparse leaves the others None)."""
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def _say(message: str) -> None:
     print(message, flush=True)
+
+
+def _stop_on_signals() -> threading.Event:
+    """SIGINT and SIGTERM ask the pipeline to stop; it then drains, flushes and releases everything."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        _say(f"received {signal.Signals(signum).name}: stopping")
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    return stop
 
 
 def _run_demo(args: argparse.Namespace, settings: PulseSettings) -> int:
@@ -86,48 +114,35 @@ def _run_demo(args: argparse.Namespace, settings: PulseSettings) -> int:
     return 0
 
 
-_SPOT = {"ws_base_url": "wss://stream.binance.com:9443/stream", "rest_base_url": "https://api.binance.com",
-         "rest_agg_trades_path": "/api/v3/aggTrades"}
+def _source(args: argparse.Namespace, settings: PulseSettings) -> Source:
+    from pulse.source.binance.live import BinanceSource  # noqa: PLC0415
+    from pulse.source.replay import ReplaySource  # noqa: PLC0415
+    from pulse.source.synthetic import SyntheticSource  # noqa: PLC0415
+
+    if args.source == "replay":
+        if args.input is None:
+            raise UsageError("--source replay needs --input FILE")
+        return ReplaySource(args.input, args.symbol, args.speed)
+    if args.source == "synthetic":
+        return SyntheticSource(settings.producer.symbols, args.rate, args.total)
+    return BinanceSource(settings.producer)
 
 
 def _run_produce(args: argparse.Namespace, settings: PulseSettings) -> int:
-    import asyncio  # noqa: PLC0415
-    import signal  # noqa: PLC0415
+    from pulse.pipeline import Pipeline  # noqa: PLC0415
+    from pulse.telemetry import configure_json_logging  # noqa: PLC0415
 
-    from pulse.broker.local_kafka import LocalKafkaBroker  # noqa: PLC0415
-    from pulse.producer import SourceChoice, serve_producer  # noqa: PLC0415
-    from pulse.producer_metrics import configure_json_logging  # noqa: PLC0415
-
-    updates: dict[str, object] = dict(_SPOT) if args.market == "spot" else {}
-    if args.symbols:
-        updates["symbols"] = args.symbols
-    if args.metrics_port is not None:
-        updates["metrics_port"] = args.metrics_port
-    producer_settings = type(settings.producer).model_validate({**settings.producer.model_dump(), **updates})
-    settings = settings.model_copy(update={"producer": producer_settings})
-    source = SourceChoice(kind=args.source, input=args.input, symbol=args.symbol, speed=args.speed,
-                          rate_per_s=args.rate, total=args.total)
+    settings = settings.override(
+        producer=_given(market=args.market, symbols=args.symbols, metrics_port=args.metrics_port),
+        kafka=_given(bootstrap_servers=args.bootstrap_servers))
+    source = _source(args, settings)
     configure_json_logging()
-    bootstrap = args.bootstrap_servers or settings.kafka.bootstrap_servers
-    broker = None if bootstrap else LocalKafkaBroker(settings.jars_dir, settings.data_dir)
-
-    async def produce() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        service = await serve_producer(settings, bootstrap or broker.bootstrap, source, stop)  # type: ignore[union-attr]
-        counters, stats = service.router.counters, service.publisher.stats if service.publisher else None
-        _say(f"stopped: {counters.frames} frames, {counters.trades} trades, {counters.invalid} invalid, "
-             f"{stats.published if stats else 0} published, {sum(service.queue.dropped.values())} dropped")
-
-    try:
-        if broker is not None:
-            broker.start()
-        asyncio.run(produce())
-    finally:
-        if broker is not None:
-            broker.stop()
+    stop = _stop_on_signals()
+    with Pipeline(settings) as run:
+        service = run.produce(source, stop)
+    router = service.router
+    _say(f"stopped: {router.trades} trades, {router.invalid} invalid, {service.published} published, "
+         f"{sum(service.queue.dropped.values())} dropped")
     return 0
 
 
@@ -147,31 +162,30 @@ def _run_sql(args: argparse.Namespace, settings: PulseSettings) -> int:
 
 
 def _run_process(args: argparse.Namespace, settings: PulseSettings) -> int:
-    import signal  # noqa: PLC0415
-    import threading  # noqa: PLC0415
+    from pulse.pipeline import Pipeline  # noqa: PLC0415 - keeps `pulse sql` light
 
-    from pulse.compute.service import run_processor  # noqa: PLC0415 - keeps `pulse sql` light
-
-    kafka = settings.kafka.model_copy(update={
-        k: v for k, v in {"bootstrap_servers": args.bootstrap_servers, "trades_topic": args.topic}.items()
-        if v is not None})
-    spark = settings.spark
-    if args.starting_offsets is not None:
-        spark = spark.model_copy(update={"starting_offsets": args.starting_offsets})
-    settings = settings.model_copy(update={"kafka": kafka, "spark": spark})
-    if not kafka.bootstrap_servers:
+    settings = settings.override(
+        kafka=_given(bootstrap_servers=args.bootstrap_servers, trades_topic=args.topic),
+        spark=_given(starting_offsets=args.starting_offsets),
+        clickhouse={"apply_schema": True} if args.apply_schema else {})
+    if not settings.kafka.bootstrap_servers:
         _say("no Kafka to read from: set PULSE_KAFKA__BOOTSTRAP_SERVERS or pass --bootstrap-servers")
         return 2
-    stop = threading.Event()
-
-    def _request_stop(signum: int, _frame: object) -> None:
-        _say(f"received {signal.Signals(signum).name}: stopping the queries")
-        stop.set()
-
-    signal.signal(signal.SIGINT, _request_stop)
-    signal.signal(signal.SIGTERM, _request_stop)
-    run_processor(settings, kafka.bootstrap_servers, stop, _say, until_idle_s=args.until_idle,
-                  create_schema=settings.clickhouse.transport == "chdb" or args.apply_schema)
+    stop = _stop_on_signals()
+    spark = settings.spark
+    with Pipeline(settings, _say) as run:
+        queries = run.start_job()
+        port = run.serve_job_health()
+        _say(f"processing {settings.kafka.trades_topic} on {settings.kafka.bootstrap_servers}: trigger "
+             f"{spark.trigger_ms} ms, watermark {spark.watermark_s:g} s, starting offsets {spark.starting_offsets}, "
+             f"checkpoints {settings.checkpoint_dir}; health on {spark.health_host}:{port}/health")
+        if args.until_idle is None:
+            while not stop.wait(0.5):
+                queries.raise_if_failed()
+        elif run.wait_idle(args.until_idle, stop):
+            _say(f"topic consumed and idle for {args.until_idle:g} s: stopping")
+        queries.raise_if_failed()
+    _say("stopped")
     return 0
 
 
@@ -181,6 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"demo": _run_demo, "produce": _run_produce, "sql": _run_sql, "process": _run_process}
     try:
         return handlers[args.command](args, settings)
+    except UsageError as error:
+        print(f"pulse {args.command}: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         _say("interrupted: everything was stopped")
         return 130

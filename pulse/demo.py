@@ -7,22 +7,18 @@ The results stay in `<data_dir>/chdb` for `pulse sql`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import shutil
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pulse.broker.local_kafka import LocalKafkaBroker, end_offsets, ensure_topics
-from pulse.compute.job import running_job, wait_until_caught_up
-from pulse.producer import FrameCounters, replay_to_kafka
+from pulse.pipeline import Pipeline
 from pulse.resources import bundled_recording
 from pulse.settings import PulseSettings
-from pulse.source.replay_file import ReplayStats
-from pulse.storage.clickhouse import ChdbTransport, ClickHouseTransport, apply_schema
+from pulse.source.replay import ReplaySource
+from pulse.storage.clickhouse import ClickHouseTransport
 
 BUNDLED_RECORDING = bundled_recording()
 
@@ -41,7 +37,8 @@ class DemoSummary:
     rejects: int
     elapsed_s: float
     data_dir: Path
-    frame_counters: FrameCounters = field(repr=False, default_factory=FrameCounters)
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    dead_letter_examples: dict[str, str] = field(default_factory=dict)
 
     def render(self) -> str:
         lines = [
@@ -49,8 +46,10 @@ class DemoSummary:
             "== Pulse demo summary",
             f"trades in:        {self.trades_in} (published {self.published}, dead-lettered {self.dead_lettered},"
             f" skipped non-trade lines {self.skipped_lines})",
-            f"windows out:      {self.windows_out} one-second windows in pulse_metrics",
         ]
+        lines += [f"  dead letters:   {count} x {reason}" for reason, count in
+                  sorted(self.dead_letter_reasons.items(), key=lambda kv: -kv[1])]
+        lines.append(f"windows out:      {self.windows_out} one-second windows in pulse_metrics")
         lines += [f"  {symbol:<12} {count} windows" for symbol, count in sorted(self.windows_by_symbol.items())]
         lines.append("signals:")
         lines += [f"  {kind:<14} {count}" for kind, count in sorted(self.signals.items(), key=lambda kv: -kv[1])]
@@ -59,12 +58,6 @@ class DemoSummary:
         lines.append(f'next: pulse sql "SELECT symbol, count() FROM pulse_metrics GROUP BY symbol"'
                      f" --data-dir {self.data_dir}")
         return "\n".join(lines)
-
-
-def reset_run_state(settings: PulseSettings) -> None:
-    """A demo starts from nothing: broker log, checkpoints and store of the previous run go."""
-    for folder in (settings.data_dir / "kafka", settings.checkpoint_dir, settings.chdb_path):
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 LIVE_VIEW_SQL = """
@@ -114,44 +107,35 @@ def summarize(transport: ClickHouseTransport) -> tuple[dict[str, int], dict[str,
 def run_demo(settings: PulseSettings, input_path: Path, symbol: str | None, speed: float | None,
              say: Say, live_view: bool = True) -> DemoSummary:
     started = time.monotonic()
-    settings = settings.model_copy(update={"spark": settings.spark.model_copy(update={"starting_offsets": "earliest"})})
-    if not input_path.exists():
-        raise FileNotFoundError(f"no recording at {input_path}: pass --input FILE")
-    reset_run_state(settings)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    broker = LocalKafkaBroker(settings.jars_dir, settings.data_dir)
-    transport: ClickHouseTransport | None = None
-    try:
+    # A demo replays its recording from the start, and its /metrics never collides with a running producer.
+    settings = settings.override(spark={"starting_offsets": "earliest"}, producer={"metrics_port": 0})
+    source = ReplaySource(input_path, symbol, speed)
+    with Pipeline(settings) as run:
+        run.reset()
         say(f"[1/5] starting the Kafka broker (KRaft, single node) under {settings.data_dir / 'kafka'}")
-        bootstrap = broker.start()
-        asyncio.run(ensure_topics(bootstrap, [settings.kafka.trades_topic, settings.kafka.dead_letter_topic],
-                                  settings.kafka.partitions))
+        run.create_topics()
         say(f"[2/5] opening ClickHouse (chDB) at {settings.chdb_path} and creating the schema")
-        transport = ChdbTransport(settings.chdb_path, settings.clickhouse.database)
-        apply_schema(transport, settings.schema_dir)
+        transport = run.store()
         say("[3/5] starting Spark (local mode) with the Kafka connector; first start takes ~20s")
-        with running_job(settings, bootstrap, transport) as queries:
-            pace = "as fast as possible" if speed is None else f"{speed:g}x the recorded pace"
-            say(f"[4/5] replaying {input_path.name} {pace}")
-            stats = ReplayStats()
-            with LiveView(transport, say) if live_view else contextlib.nullcontext():
-                router, publisher = asyncio.run(replay_to_kafka(settings, bootstrap, input_path, symbol, speed, stats))
-                say(f"      replay done: {router.counters.trades} trades, {router.counters.invalid} invalid;"
-                    " waiting for Spark to process the last offsets")
-                offsets = asyncio.run(end_offsets(bootstrap, settings.kafka.trades_topic))
-                wait_until_caught_up(queries, {settings.kafka.trades_topic: offsets}, timeout_s=120)
-            say("[5/5] stopping Spark and the broker")
+        run.start_job()
+        pace = "as fast as possible" if speed is None else f"{speed:g}x the recorded pace"
+        say(f"[4/5] replaying {input_path.name} {pace}")
+        with LiveView(transport, say) if live_view else contextlib.nullcontext():
+            service = run.produce(source)
+            router = service.router
+            say(f"      replay done: {router.trades} trades, {router.invalid} invalid;"
+                " waiting for Spark to process the last offsets")
+            run.wait_caught_up(timeout_s=120)
+        say("[5/5] stopping Spark and the broker")
+        run.stop_job()
         # Merge every window's versions now, so the table itself holds one row per window.
         transport.command("OPTIMIZE TABLE pulse_metrics FINAL")
         by_symbol, signals, rejects = summarize(transport)
+        counters = service.snapshot().counters
         return DemoSummary(
-            trades_in=router.counters.trades, published=publisher.stats.published,
-            dead_lettered=router.counters.invalid, skipped_lines=stats.skipped_lines + router.counters.skipped,
+            trades_in=router.trades, published=service.published, dead_lettered=router.invalid,
+            skipped_lines=int(counters["replay_lines_skipped"] + counters["frames_skipped"]),
             windows_out=sum(by_symbol.values()), windows_by_symbol=by_symbol, signals=signals,
             rejects=rejects, elapsed_s=time.monotonic() - started, data_dir=settings.data_dir,
-            frame_counters=router.counters,
+            dead_letter_reasons=dict(router.invalid_reasons), dead_letter_examples=dict(router.invalid_examples),
         )
-    finally:
-        broker.stop()
-        if transport is not None:
-            transport.close()

@@ -1,32 +1,28 @@
 """What `notebooks/pulse.ipynb` runs, kept in the package so the notebook stays a thin script.
 
-The notebook and `pulse process` run the same job (`pulse.compute.job.start_queries`); this module
-adds what an interactive session needs: a broker (the embedded one unless settings name one),
-a replay of a recording in the background, a live view of the newest windows as a table and a
-chart, and one `stop()` that releases everything (so the chDB store can be read by others).
+The notebook runs Pulse through the same `Pipeline` as `pulse demo` and `pulse process`; this
+module adds what an interactive session needs: a replay of a recording in the background, a live
+view of the newest windows as a table and a chart, and one `stop()` that releases everything (so
+the chDB store can be read by others).
 """
 
 from __future__ import annotations
 
-import asyncio
 import io
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pulse.broker.local_kafka import LocalKafkaBroker, ensure_topics
-from pulse.compute.job import PulseQueries, start_queries
-from pulse.compute.service import query_caught_up
-from pulse.compute.spark_session import build_spark_session
-from pulse.demo import reset_run_state
-from pulse.producer import replay_to_kafka
+from pulse.pipeline import Background, Pipeline
 from pulse.settings import PulseSettings
-from pulse.storage.clickhouse import ClickHouseTransport, apply_schema, open_transport
+from pulse.source.replay import ReplaySource
+from pulse.storage.clickhouse import ClickHouseTransport
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from pulse.compute.job import PulseQueries
 
 # pandas ships no annotations; frames are passed through as Any.
 DataFrame = Any
@@ -45,40 +41,31 @@ SIGNAL_COLOURS = {"STRONG BUY": "#1a9850", "ACCUMULATING": "#91cf60", "NEUTRAL":
 
 
 @dataclass
-class Replay:
-    """A recording replayed into the trades topic on a background thread."""
+class PulseSession:
+    """A running pipeline, with what an interactive session adds: a background replay and live views."""
 
-    future: Future[int]
+    pipeline: Pipeline
+    replay: Background | None = None
 
     @property
-    def done(self) -> bool:
-        return self.future.done()
+    def settings(self) -> PulseSettings:
+        return self.pipeline.settings
 
-    def published(self, timeout_s: float | None = None) -> int:
-        """Trades published; raises what the replay raised."""
-        return self.future.result(timeout=timeout_s)
+    @property
+    def bootstrap(self) -> str:
+        return self.pipeline.bootstrap
 
+    @property
+    def transport(self) -> ClickHouseTransport:
+        return self.pipeline.store()
 
-@dataclass
-class PulseSession:
-    settings: PulseSettings
-    bootstrap: str
-    transport: ClickHouseTransport
-    spark: Any
-    queries: PulseQueries
-    broker: LocalKafkaBroker | None = None
-    replay: Replay | None = None
+    @property
+    def queries(self) -> PulseQueries:
+        return self.pipeline.start_job()
 
-    def replay_recording(self, path: Path, symbol: str | None = None, speed: float | None = None) -> Replay:
+    def replay_recording(self, path: Path, symbol: str | None = None, speed: float | None = None) -> Background:
         """Start replaying `path` (at `speed` x the recorded pace, None = as fast as possible)."""
-
-        def run() -> int:
-            router, _ = asyncio.run(replay_to_kafka(self.settings, self.bootstrap, path, symbol, speed))
-            return router.counters.trades
-
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pulse-replay")
-        self.replay = Replay(executor.submit(run))
-        executor.shutdown(wait=False)
+        self.replay = self.pipeline.produce_in_background(ReplaySource(path, symbol, speed))
         return self.replay
 
     def caught_up(self) -> bool:
@@ -86,9 +73,8 @@ class PulseSession:
         if self.replay is not None:
             if not self.replay.done:
                 return False
-            self.replay.published()
-        self.queries.raise_if_failed()
-        return all(query_caught_up(q) for q in self.queries.all())
+            self.replay.result()  # raises what the replay raised
+        return self.pipeline.caught_up()
 
     def symbols(self) -> list[str]:
         rows = self.transport.query_arrow(
@@ -130,16 +116,8 @@ class PulseSession:
             time.sleep(refresh_s)
 
     def stop(self) -> None:
-        """Stop the queries, Spark, the store and the embedded broker (if this session started it)."""
-        try:
-            self.queries.stop()
-            if self.replay is not None:
-                self.replay.future.cancel()
-        finally:
-            self.spark.stop()
-            self.transport.close()
-            if self.broker is not None:
-                self.broker.stop()
+        """Stop the replay, the queries, Spark, the store and the embedded broker (if started here)."""
+        self.pipeline.stop()
 
 
 def start_session(settings: PulseSettings, fresh: bool = True) -> PulseSession:
@@ -148,23 +126,16 @@ def start_session(settings: PulseSettings, fresh: bool = True) -> PulseSession:
     `fresh` starts from nothing: the embedded broker's log, the checkpoints and the chDB store of a
     previous run under the data directory go (a replay into old state would count trades twice).
     """
+    pipeline = Pipeline(settings)
     if fresh:
-        reset_run_state(settings)
-    broker = None
-    bootstrap = settings.kafka.bootstrap_servers
-    if not bootstrap:
-        broker = LocalKafkaBroker(settings.jars_dir, settings.data_dir)
-        bootstrap = broker.start()
-    topics = [settings.kafka.trades_topic, settings.kafka.dead_letter_topic]
-    # A notebook kernel already runs an event loop on this thread: asyncio.run needs another one.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pool.submit(asyncio.run, ensure_topics(bootstrap, topics, settings.kafka.partitions)).result()
-    transport = open_transport(settings.clickhouse, settings.chdb_path)
-    if settings.clickhouse.transport == "chdb":
-        apply_schema(transport, settings.schema_dir)
-    spark = build_spark_session(settings)
-    queries = start_queries(spark, settings, bootstrap, transport)
-    return PulseSession(settings, bootstrap, transport, spark, queries, broker)
+        pipeline.reset()
+    try:
+        pipeline.create_topics()
+        pipeline.start_job()
+    except BaseException:
+        pipeline.stop()
+        raise
+    return PulseSession(pipeline)
 
 
 def png(figure: Figure) -> bytes:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -31,14 +31,17 @@ class KafkaSettings(BaseModel):
     partitions: int = Field(default=3, ge=1)
 
 
+# Binance markets; their URLs and limits are data beside the source (pulse.source.binance.markets).
+MarketName = Literal["usdm", "spot", "coinm"]
+
+
 class ProducerSettings(BaseModel):
     # NoDecode: PULSE_PRODUCER__SYMBOLS=BTCUSDT,ETHUSDT is a comma list, not JSON.
     symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["BTCUSDT"])
-    # Combined streams on the USD-M "market" path; the old /ws and /stream paths went silent in 2026.
-    ws_base_url: str = "wss://fstream.binance.com/market/stream"
-    rest_base_url: str = "https://fapi.binance.com"
-    # Spot: ws_base_url wss://stream.binance.com:9443/stream, rest https://api.binance.com, /api/v3/aggTrades.
-    rest_agg_trades_path: str = "/fapi/v1/aggTrades"
+    market: MarketName = "usdm"
+    # None: the market's own endpoints. Set them for a proxy, or a local double of Binance in tests.
+    ws_base_url: str | None = None
+    rest_base_url: str | None = None
     queue_max: int = Field(default=10_000, ge=1)
     # The publisher hands aiokafka whole batches (everything queued meanwhile), so lingering on
     # top only adds latency; under load batches grow by themselves while a request is in flight.
@@ -52,7 +55,8 @@ class ProducerSettings(BaseModel):
     rotate_after_s: float = Field(default=23.5 * 3600, gt=0)
     # Both connections deliver during the overlap; duplicates are dropped by aggregate id.
     rotate_overlap_s: float = Field(default=5.0, ge=0)
-    rest_weight_budget_per_min: int = Field(default=2400, ge=20)
+    # None: the market's IP limit (USD-M and COIN-M 2,400, spot 6,000 request weight per minute).
+    rest_weight_budget_per_min: int | None = Field(default=None, ge=20)
     # A gap may be frames still in flight on the other connection during a rotation: wait this
     # long before asking REST, then give up on what REST cannot return after gap_fill_timeout_s.
     gap_grace_s: float = Field(default=0.5, ge=0)
@@ -99,6 +103,12 @@ class SparkSettings(BaseModel):
     driver_host: str = "127.0.0.1"
     driver_bind_address: str = "127.0.0.1"
     driver_memory: str = "2g"
+    # The job's /health (ready while both queries run and report progress) and /metrics.
+    health_port: int = Field(default=9109, ge=0)
+    # Loopback unless told: the docker stack sets 0.0.0.0 inside the container.
+    health_host: str = "127.0.0.1"
+    # Queries report progress after every trigger and, when idle, every 10 s: silence this long is a stall.
+    health_stale_s: float = Field(default=60.0, gt=0)
     # Anything else Spark accepts, e.g. PULSE_SPARK__EXTRA_CONF='{"spark.executor.memory": "4g"}'.
     extra_conf: dict[str, str] = Field(default_factory=dict)
 
@@ -119,6 +129,8 @@ class ClickHouseSettings(BaseModel):
     username: str = "pulse_writer"
     password: SecretStr = SecretStr("")
     secure: bool = False
+    # Create the tables over HTTP too (chDB stores always get them); every statement is idempotent.
+    apply_schema: bool = False
 
 
 class PulseSettings(BaseSettings):
@@ -139,6 +151,14 @@ class PulseSettings(BaseSettings):
     signal: SignalSettings = Field(default_factory=SignalSettings)
     clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
 
+    def override(self, **changes: Any) -> Self:
+        """A copy with `changes` applied and validated as the environment would be.
+
+        Nested sections take a dict of their fields: `settings.override(spark={"trigger_ms": 250})`.
+        """
+        merged = _merge(self.model_dump(), changes)
+        return self.model_validate(merged)
+
     @property
     def checkpoint_dir(self) -> Path:
         return self.spark.checkpoint_dir or self.data_dir / "checkpoints"
@@ -146,3 +166,15 @@ class PulseSettings(BaseSettings):
     @property
     def chdb_path(self) -> Path:
         return self.clickhouse.chdb_path or self.data_dir / "chdb"
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        if key not in base:
+            raise ValueError(f"unknown setting {key!r}")
+        if isinstance(value, dict) and isinstance(base[key], dict) and key != "extra_conf":
+            merged[key] = _merge(base[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -27,7 +27,9 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def base_settings(run_dir: Path) -> PulseSettings:
-    return PulseSettings(_env_file=None, data_dir=run_dir)  # type: ignore[call-arg]
+    # Ports 0: tests run many producers and jobs, each serving /metrics and /health on a port of its own.
+    return PulseSettings(_env_file=None, data_dir=run_dir).override(  # type: ignore[call-arg]
+        producer={"metrics_port": 0}, spark={"health_port": 0})
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from pulse.settings import KafkaSettings, ProducerSettings
+from pulse.telemetry import Telemetry
 
 
 class OutboundRecord(msgspec.Struct, frozen=True):
@@ -74,6 +75,10 @@ class DropOldestQueue:
         """No more records will come: `take` returns [] once the queue is empty."""
         self._closed = True
         self._ready.set()
+
+    def telemetry(self) -> Telemetry:
+        return Telemetry(labelled_counters={("records_dropped", "symbol"): dict(self.dropped)},
+                         gauges={"queue_depth": len(self._items)})
 
     async def take(self, max_items: int) -> list[OutboundRecord]:
         """Wait for at least one record, then take up to `max_items` in order ([] once closed and empty)."""
@@ -147,6 +152,15 @@ class KafkaPublisher:
     @property
     def in_flight(self) -> int:
         return self._in_flight_records
+
+    def telemetry(self) -> Telemetry:
+        return Telemetry(counters={"trades_published": self.stats.published,
+                                   "failed_sends": self.stats.failed_sends},
+                         gauges={"in_flight": self._in_flight_records})
+
+    @staticmethod
+    def empty_telemetry() -> Telemetry:
+        return Telemetry(counters={"trades_published": 0, "failed_sends": 0}, gauges={"in_flight": 0})
 
     async def _partition(self, topic: str, key: bytes) -> int:
         partition = self._partition_of.get((topic, key))

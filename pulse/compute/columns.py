@@ -1,34 +1,51 @@
 """Spark column builders: parsing, validation, window aggregates and the signal.
 
 Pure DataFrame -> DataFrame functions with no sources or sinks, so they run the same on a batch
-DataFrame (tests) and on a stream (the job). The rules mirror `pulse.compute.metrics`.
+DataFrame (tests) and on a stream (the job). Per symbol and 1-second window:
+
+- vwap = Σ(p·q) / Σq;  total_volume = Σq;  trade_count = number of aggTrades;  avg_price = mean(p)
+- `m = true` means the buyer is the maker, so the taker SOLD;
+  net_delta = Σq(taker buy) − Σq(taker sell);  buy_pressure_pct = 100 · Σq(taker buy) / Σq
+- signal: average price above VWAP with net buying is STRONG BUY, below with net selling STRONG
+  SELL, below with buying ACCUMULATING, above with selling DISTRIBUTING, else NEUTRAL; differences
+  inside the dead bands (docs/signals.md) or float noise count as none.
 """
 
 from __future__ import annotations
 
+import msgspec
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from pulse.compute.metrics import RELATIVE_TOLERANCE, Signal
+from pulse.model import Signal, TradeMessageV1
 from pulse.settings import SignalSettings
 
-# docs/trade-message.v1.schema.json, as Spark reads it.
-TRADE_MESSAGE_SCHEMA = T.StructType([
-    T.StructField("schema_version", T.IntegerType()),
-    T.StructField("symbol", T.StringType()),
-    T.StructField("price", T.DoubleType()),
-    T.StructField("quantity", T.DoubleType()),
-    T.StructField("timestamp", T.LongType()),
-    T.StructField("side", T.StringType()),
-    T.StructField("agg_trade_id", T.LongType()),
-    T.StructField("first_trade_id", T.LongType()),
-    T.StructField("last_trade_id", T.LongType()),
-    T.StructField("event_time", T.LongType()),
-    T.StructField("ingest_time", T.LongType()),
-    T.StructField("buyer_is_maker", T.BooleanType()),
-    T.StructField("quantity_no_rpi", T.DoubleType()),
-])
+# Differences smaller than this share of the magnitudes are float noise, never a signal.
+RELATIVE_TOLERANCE = 1e-9
+
+
+def _spark_type(info: msgspec.inspect.Type) -> T.DataType:
+    """The Spark type that reads a JSON value of this msgspec type (nullable: Spark checks nothing)."""
+    if isinstance(info, msgspec.inspect.UnionType):
+        (inner,) = [t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)]
+        return _spark_type(inner)
+    if isinstance(info, msgspec.inspect.LiteralType):
+        return T.StringType() if isinstance(info.values[0], str) else T.IntegerType()
+    simple: dict[type, T.DataType] = {
+        msgspec.inspect.IntType: T.LongType(), msgspec.inspect.FloatType: T.DoubleType(),
+        msgspec.inspect.StrType: T.StringType(), msgspec.inspect.BoolType: T.BooleanType()}
+    return simple[type(info)]
+
+
+def message_schema(struct: type[msgspec.Struct]) -> T.StructType:
+    info = msgspec.inspect.type_info(struct)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return T.StructType([T.StructField(field.encode_name, _spark_type(field.type)) for field in info.fields])
+
+
+# The trades topic's message as Spark reads it: derived from the one definition, pulse.model.
+TRADE_MESSAGE_SCHEMA = message_schema(TradeMessageV1)
 
 _REQUIRED = ("symbol", "price", "quantity", "timestamp", "side", "agg_trade_id", "ingest_time")
 
@@ -97,7 +114,7 @@ def late_trades(trades: DataFrame, late_watermark_ms: int, window_seconds: int =
     """The trades Spark's windowed aggregation drops: their window ended at or before the watermark.
 
     Spark's own metric (numRowsDroppedByWatermark) counts partially aggregated rows, not trades,
-    so the job counts late trades with this rule (see `pulse.compute.metrics.is_late`).
+    so the job counts late trades with this rule.
     """
     return trades.where(window_end_ms(F.col("trade_time_ms"), window_seconds) <= F.lit(late_watermark_ms))
 

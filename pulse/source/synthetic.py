@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import orjson
 
+from pulse.source.base import FrameDecoder, LocalSource, Output
+
 _TICK_S = 0.005
 _START_PRICE = 100.0
 _STEP_SIGMA = 1e-4
@@ -66,3 +68,18 @@ class SyntheticTrades:
                 on_frame(self.frame(time_ms))
                 due += rnd.expovariate(self.rate_per_s)
             await asyncio.sleep(max(0.0, min(_TICK_S, due - time.monotonic())))
+
+
+class SyntheticSource(LocalSource):
+    """`SyntheticTrades` as a source; its frames go through the Binance decoder like live ones."""
+
+    def __init__(self, symbols: Sequence[str], rate_per_s: float, total: int | None = None,
+                 seed: int | None = None) -> None:
+        self.name = "synthetic"
+        self.symbols = [symbol.upper() for symbol in symbols]
+        self._generator = SyntheticTrades(self.symbols, rate_per_s, seed)
+        self._total = total
+        self._decoder = FrameDecoder(self.name)
+
+    async def _emit_all(self, out: Output, stop: asyncio.Event) -> None:
+        await self._generator.run(lambda frame: self.emit(frame, out), stop, self._total)

@@ -69,6 +69,10 @@ class ChdbEngine:
         self.lock = threading.Lock()
 
     @classmethod
+    def is_open(cls, path: Path) -> bool:
+        return path.resolve() in cls._open
+
+    @classmethod
     def at(cls, path: Path) -> ChdbEngine:
         key = path.resolve()
         if key not in cls._open:

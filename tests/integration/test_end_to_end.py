@@ -29,11 +29,11 @@ def test_every_window_matches_the_reference(name, symbol, max_per_trigger, kafka
     settings = settings.model_copy(update={
         "spark": settings.spark.model_copy(update={"max_offsets_per_trigger": max_per_trigger})})
     path = recording(name)
-    published = publish_recording(settings, kafka.bootstrap, path, symbol)
+    published = publish_recording(settings, path, symbol)
     reference = reference_windows(trades_from_recording(path, symbol))
     assert published == sum(w.trade_count for w in reference.values())
 
-    process_topic(spark, settings, kafka.bootstrap, database)
+    process_topic(settings)
     rows = metrics_rows(database)
     if max_per_trigger:
         batches = database.query_arrow("SELECT uniqExact(version) AS n FROM pulse_metrics").to_pylist()[0]["n"]

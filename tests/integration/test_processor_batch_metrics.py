@@ -96,6 +96,9 @@ EDGES = [
     # small edges: avg 0.057% above vwap, buy volume 4.8% of the total above sell
     [_trade("SMALL", 1, "100.00", "1.0", 0, False), _trade("SMALL", 2, "100.00", "1.0", 1, True),
      _trade("SMALL", 3, "100.20", "0.1", 2, False)],
+    # float noise: 0.1-style sums make avg and vwap differ in the last bits although they are equal
+    [_trade("NOISE", 1, "0.1", "0.1", 0, False), _trade("NOISE", 2, "0.1", "0.2", 1, False),
+     _trade("NOISE", 3, "0.1", "0.3", 2, True), _trade("NOISE", 4, "0.1", "0.7", 3, False)],
     # a window boundary: 999 ms and 1000 ms are different windows
     [_trade("EDGE", 1, "10", "1", 999, False), _trade("EDGE", 2, "11", "1", 1000, True)],
 ]
@@ -109,7 +112,7 @@ def test_edge_windows_and_dead_bands(spark, price_band, delta_band):
                                                   delta_deadband_rel=float(delta_band)))
     assert {k: r["signal"] for k, r in ours.items()} == {k: w.signal for k, w in reference.items()}
     signals = {k[0]: r["signal"] for k, r in ours.items()}
-    assert signals["ONE"] == signals["FLAT"] == signals["EVEN"] == "NEUTRAL"
+    assert signals["ONE"] == signals["FLAT"] == signals["EVEN"] == signals["NOISE"] == "NEUTRAL"
     one = next(r for k, r in ours.items() if k[0] == "ONE")
     assert one["open"] == one["close"] == one["high"] == one["low"] == 100.5
     assert sorted(k[1] - T0 for k in ours if k[0] == "EDGE") == [0, 1000]

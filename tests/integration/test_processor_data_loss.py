@@ -10,8 +10,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.structs import TopicPartition
 
-from pulse.broker.local_kafka import end_offsets
-from pulse.compute.job import start_queries, wait_until_caught_up
+from tests.support.pipeline import process_topic
 from tests.support.topic_writer import trade_message, write_messages
 
 pytestmark = pytest.mark.integration
@@ -33,12 +32,7 @@ async def _delete_before(bootstrap: str, topic: str, partition: int, offset: int
 
 
 def _run_until_caught_up(spark, settings, bootstrap, database) -> None:
-    topic = settings.kafka.trades_topic
-    queries = start_queries(spark, settings, bootstrap, database)
-    try:
-        wait_until_caught_up(queries, {topic: asyncio.run(end_offsets(bootstrap, topic))}, timeout_s=90)
-    finally:
-        queries.stop()
+    process_topic(settings, timeout_s=90)
 
 
 def test_deleted_offsets_are_counted_and_the_rest_is_processed(kafka, spark, database, settings):

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pulse.compute.job import start_queries
-from pulse.compute.service import wait_until_idle
+from pulse.pipeline import Pipeline
 from tests.support.pipeline import publish_recording
 from tests.support.processor_process import METRIC_COLUMNS, WINDOWS_SQL, pulse_sql, start_process
 from tests.support.recordings import ARCHIVE_CSV, recording
@@ -61,7 +60,7 @@ def _kill_mid_batch(process: subprocess.Popen[bytes], checkpoint: Path, log: Pat
 
 def test_kill_minus_nine_and_restart_equals_an_uninterrupted_run(kafka, spark, database, settings, tmp_path):
     topic = settings.kafka.trades_topic
-    published = publish_recording(settings, kafka.bootstrap, recording(ARCHIVE_CSV), "BTCUSDT")
+    published = publish_recording(settings, recording(ARCHIVE_CSV), "BTCUSDT")
     write_messages(kafka.bootstrap, topic, [b"{broken", b'{"schema_version": 9}'], partition=2)
 
     # The crashing run starts first: its Spark starts up while this process runs the reference.
@@ -76,13 +75,10 @@ def test_kill_minus_nine_and_restart_equals_an_uninterrupted_run(kafka, spark, d
     killer.start()
 
     # The uninterrupted run: the same job in this process.
-    uninterrupted = settings.model_copy(update={"spark": settings.spark.model_copy(
-        update={"max_offsets_per_trigger": int(BATCH)})})
-    queries = start_queries(spark, uninterrupted, kafka.bootstrap, database)
-    try:
-        wait_until_idle(queries, idle_s=1.0, timeout_s=180)
-    finally:
-        queries.stop()
+    uninterrupted = settings.override(spark={"max_offsets_per_trigger": int(BATCH)})
+    with Pipeline(uninterrupted) as run:
+        run.start_job()
+        run.wait_idle(idle_s=1.0, timeout_s=180)
     expected = database.query_arrow(WINDOWS_SQL).to_pylist()
     rejects_sql = "SELECT offset, reason FROM pulse_rejects FINAL ORDER BY offset"
     expected_rejects = database.query_arrow(rejects_sql).to_pylist()

@@ -7,7 +7,6 @@ version) and trades whose windows closed (dropped by Spark, counted one by one i
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from datetime import UTC, datetime
@@ -16,11 +15,10 @@ from typing import Any
 
 import pytest
 
-from pulse.broker.local_kafka import end_offsets
-from pulse.compute.job import PulseQueries, start_queries, wait_until_caught_up
-from pulse.compute.metrics import is_late
+from pulse.compute.job import PulseQueries
+from pulse.pipeline import Pipeline
 from tests.support.pipeline import metrics_rows
-from tests.support.reference import RefTrade, reference_windows
+from tests.support.reference import RefTrade, is_late, reference_windows
 from tests.support.topic_writer import trade_message, write_messages
 
 pytestmark = pytest.mark.integration
@@ -56,25 +54,22 @@ def _wait_for_watermark(queries: PulseQueries, want_ms: int, timeout_s: float = 
     raise TimeoutError(f"watermark never reached {want_ms}")
 
 
-def _catch_up(queries, settings, bootstrap):
-    topic = settings.kafka.trades_topic
-    wait_until_caught_up(queries, {topic: asyncio.run(end_offsets(bootstrap, topic))}, timeout_s=90)
 
 
 def test_late_trades_inside_and_beyond_the_watermark(kafka, spark, database, settings):
-    settings = settings.model_copy(update={"spark": settings.spark.model_copy(update={"watermark_s": 2.0})})
+    settings = settings.override(spark={"watermark_s": 2.0})
     topic = settings.kafka.trades_topic
     watermark_ms = B + 18_400
     assert [is_late(B + round(t * 1000), watermark_ms) for t, *_ in ON_TIME] == [False] * 3
     assert [is_late(B + round(t * 1000), watermark_ms) for t, *_ in TOO_LATE] == [True] * 4
 
-    queries = start_queries(spark, settings, kafka.bootstrap, database)
-    try:
+    with Pipeline(settings) as run:
+        queries = run.start_job()
         write_messages(kafka.bootstrap, topic, _messages(PHASE_1, 1))
-        _catch_up(queries, settings, kafka.bootstrap)
+        run.wait_caught_up(timeout_s=90)
         _wait_for_watermark(queries, watermark_ms)
         write_messages(kafka.bootstrap, topic, _messages(ON_TIME + TOO_LATE, 100))
-        _catch_up(queries, settings, kafka.bootstrap)
+        run.wait_caught_up(timeout_s=90)
         deadline = time.monotonic() + 60
         health: dict[str, int] = {}
         while time.monotonic() < deadline:
@@ -84,8 +79,6 @@ def test_late_trades_inside_and_beyond_the_watermark(kafka, spark, database, set
             if health["late_trades"]:
                 break
             time.sleep(0.2)
-    finally:
-        queries.stop()
 
     # Exactly the four trades, although Spark counts partially aggregated rows (one per closed
     # window and partition here, so two).

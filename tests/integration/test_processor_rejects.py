@@ -3,16 +3,13 @@ the valid messages around them are still aggregated."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 from typing import Any
 
 import pytest
 
-from pulse.broker.local_kafka import end_offsets
-from pulse.compute.job import start_queries, wait_until_caught_up
-from tests.support.pipeline import metrics_rows
+from tests.support.pipeline import metrics_rows, process_topic
 from tests.support.topic_writer import encode, trade_message, write_messages
 
 pytestmark = pytest.mark.integration
@@ -61,11 +58,7 @@ def test_corrupted_messages_go_to_pulse_rejects_with_their_coordinates(kafka, sp
     # Interleave so that bad and good messages share micro-batches and partitions.
     sent = write_messages(kafka.bootstrap, topic, [GOOD[0], *[m for m, _ in BAD[:6]], GOOD[1],
                                                    *[m for m, _ in BAD[6:]], GOOD[2]], partition=1)
-    queries = start_queries(spark, settings, kafka.bootstrap, database)
-    try:
-        wait_until_caught_up(queries, {topic: asyncio.run(end_offsets(kafka.bootstrap, topic))}, timeout_s=90)
-    finally:
-        queries.stop()
+    process_topic(settings, timeout_s=90)
 
     rejects = database.query_arrow(
         "SELECT topic, partition, offset, reason, raw_value FROM pulse_rejects FINAL ORDER BY offset").to_pylist()

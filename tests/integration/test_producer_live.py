@@ -19,11 +19,13 @@ from tests.support.producer_harness import (
     consume_all,
     expected_ids,
     fresh_topics,
+    gaps_pending,
     ids_by_symbol,
     live_settings,
     published,
     recorded_tape,
     running_producer,
+    scraped,
     wait_until,
 )
 
@@ -47,12 +49,13 @@ async def _run_scenario(base: PulseSettings, kafka_settings: KafkaSettings, boot
                 await act(double, service)
             await wait_until(double.finished.is_set, 60, "the double to play its tape")
             target = expect_published if expect_published is not None else len(tape) - len(double.unfillable)
-            await wait_until(lambda: published(service) >= target and not service.gaps_pending(), 60,
+            await wait_until(lambda: published(service) >= target and not gaps_pending(service), 60,
                              f"{target} published records")
+            metrics = await scraped(service)
         trades = await consume_all(bootstrap, kafka_settings.trades_topic)
         gaps = await consume_all(bootstrap, kafka_settings.gaps_topic)
         dlq = await consume_all(bootstrap, kafka_settings.dead_letter_topic)
-    return {"service": service, "double": double, "trades": trades, "gaps": gaps, "dlq": dlq}
+    return {"service": service, "double": double, "trades": trades, "gaps": gaps, "dlq": dlq, "metrics": metrics}
 
 
 def _assert_every_trade_once_in_order(result: dict[str, Any],
@@ -76,9 +79,9 @@ def test_normal_flow_every_trade_lands_once_in_id_order(kafka, kafka_topics, bas
     result = asyncio.run(_run_scenario(base_settings, kafka_topics, kafka.bootstrap, frames_per_s=2000,
                                        symbols=symbols))
     _assert_every_trade_once_in_order(result)
-    service = result["service"]
-    assert service.gaps.found == 0 and result["gaps"] == [] and result["dlq"] == []
-    assert service.stream.stats.connects == 1
+    metrics = result["metrics"]
+    assert metrics["gaps_found"] == 0 and result["gaps"] == [] and result["dlq"] == []
+    assert metrics["ws_connects"] == 1 and metrics["ws_connections"] == 1
     assert result["double"].most_symbols_on_one_connection == 60
 
 
@@ -91,9 +94,10 @@ def test_server_closing_the_connection_reconnects_and_refills_from_rest(kafka, k
     result = asyncio.run(_run_scenario(base_settings, kafka_topics, kafka.bootstrap, frames_per_s=1000,
                                        act=close_twice))
     _assert_every_trade_once_in_order(result)
-    service = result["service"]
-    assert service.stream.stats.server_closes == 2
-    assert service.stream.stats.connects == 3
+    metrics = result["metrics"]
+    assert metrics["ws_server_closes"] == 2
+    assert metrics["ws_connects"] == 3
+    assert metrics["reconnects{reason=closed}"] == 2
     assert result["gaps"] == []
 
 
@@ -101,15 +105,16 @@ def test_stalled_server_is_detected_by_the_watchdog(kafka, kafka_topics, base_se
     async def stall(double: BinanceDouble, service: Any) -> None:
         await wait_until(lambda: double.cursor > 500, 30, "the tape to advance")
         double.stalled = True
-        await wait_until(lambda: service.stream.stats.stalls >= 1, 10, "the watchdog to fire")
+        await wait_until(lambda: service.source.telemetry().counters["ws_stalls"] >= 1, 10, "the watchdog to fire")
         double.stalled = False
 
     result = asyncio.run(_run_scenario(base_settings, kafka_topics, kafka.bootstrap, frames_per_s=800, act=stall,
                                        stall_timeout_s=0.5))
     _assert_every_trade_once_in_order(result)
-    service = result["service"]
-    assert service.stream.stats.stalls >= 1
-    assert service.gaps.trades_filled > 0, "trades sent while stalled must come from REST"
+    metrics = result["metrics"]
+    assert metrics["ws_stalls"] >= 1
+    assert metrics["trades_filled"] > 0, "trades sent while stalled must come from REST"
+    assert metrics["rest_calls"] >= 1
 
 
 def test_withheld_frames_are_detected_as_gaps_and_filled_from_rest(kafka, kafka_topics, base_settings):
@@ -125,10 +130,11 @@ def test_withheld_frames_are_detected_as_gaps_and_filled_from_rest(kafka, kafka_
     result = asyncio.run(_run_scenario(base_settings, kafka_topics, kafka.bootstrap, frames_per_s=2000,
                                        act=withhold))
     _assert_every_trade_once_in_order(result)
-    service, double = result["service"], result["double"]
-    assert service.gaps.found == 3 and service.gaps.filled == 3 and service.gaps.unfilled == 0
-    assert service.gaps.trades_filled == sum(map(len, withheld.values()))
-    assert double.rest_rate_limited == 1 and service.rest.rate_limited == 1, "429 must be honoured, then retried"
+    metrics, double = result["metrics"], result["double"]
+    assert metrics["gaps_found"] == 3 and metrics["gaps_filled"] == 3 and metrics["gaps_unfilled"] == 0
+    assert metrics["trades_filled"] == sum(map(len, withheld.values()))
+    assert double.rest_rate_limited == 1 and metrics["rest_rate_limited"] == 1, "429 must be honoured, then retried"
+    assert metrics["rest_calls"] >= 4 and metrics["rest_weight_waited_seconds"] > 0
     assert result["gaps"] == []
 
 
@@ -146,8 +152,9 @@ def test_unfillable_gap_is_published_as_a_gap_event(kafka, kafka_topics, base_se
     _assert_every_trade_once_in_order(result, missing=frozenset(("SANDUSDT", i) for i in lost))
     assert [(g.key, g.value["first_missing_id"], g.value["last_missing_id"], g.value["missing_count"])
             for g in result["gaps"]] == [("SANDUSDT", lost[0], lost[-1], len(lost))]
-    assert result["service"].gaps.unfilled == 1
-    assert result["service"].gaps.ids_lost == len(lost)
+    assert result["metrics"]["gaps_unfilled"] == 1
+    assert result["metrics"]["ids_lost"] == len(lost)
+    assert result["metrics"]["gap_events"] == 1
 
 
 def test_injected_malformed_frames_go_to_the_dead_letter_topic(kafka, kafka_topics, base_settings):
@@ -165,4 +172,5 @@ def test_injected_malformed_frames_go_to_the_dead_letter_topic(kafka, kafka_topi
     _assert_every_trade_once_in_order(result)
     assert sorted(d.value["raw"] for d in result["dlq"]) == sorted(bad)
     assert all(d.value["reason"] for d in result["dlq"])
-    assert result["service"].router.counters.invalid == len(bad)
+    invalid = {k: v for k, v in result["metrics"].items() if k.startswith("frames_invalid{")}
+    assert sum(invalid.values()) == len(bad), invalid

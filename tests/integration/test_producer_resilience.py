@@ -20,18 +20,22 @@ from hypothesis import strategies as st
 
 from pulse.broker.kafka_publisher import DropOldestQueue, KafkaPublisher, build_kafka_producer
 from pulse.broker.local_kafka import LocalKafkaBroker
-from pulse.producer import FrameRouter
+from pulse.producer import Router
+from pulse.source.base import FrameDecoder
+from pulse.source.binance.live import BinanceSource
 from tests.support.binance_double import BinanceDouble
 from tests.support.frame_strategies import broken_frames
 from tests.support.producer_harness import (
     consume_all,
     expected_ids,
     fresh_topics,
+    gaps_pending,
     ids_by_symbol,
     live_settings,
     published,
     recorded_tape,
     running_producer,
+    scraped,
     wait_until,
 )
 
@@ -55,9 +59,11 @@ def test_full_queue_drops_the_oldest_keeps_the_newest_and_counts(kafka, base_set
 
     async def scenario() -> list[Any]:
         queue = DropOldestQueue(bound)
-        router = FrameRouter(topics, queue, source="burst")
+        router, decoder = Router(topics, queue), FrameDecoder("burst")
         for frame in frames:
-            router.route(frame)
+            trade = decoder.decode(frame, router)
+            assert trade is not None
+            router.trade(trade)
         producer = build_kafka_producer(topics, base_settings.producer, kafka.bootstrap)
         await producer.start()
         try:
@@ -88,7 +94,6 @@ def test_broker_killed_and_restarted_mid_stream_the_producer_resumes(base_settin
                 settings = live_settings(base_settings, topics, double, queue_max=50_000, request_timeout_ms=5_000,
                                          health_ack_stale_s=1.0)
                 async with running_producer(settings, broker.bootstrap) as service, aiohttp.ClientSession() as http:
-                    server = asyncio.create_task(_serve_metrics(service))
                     await wait_until(lambda: published(service) > 300, 30, "publishing before the crash")
                     broker.kill()
                     await wait_until(lambda: len(service.queue) > 200, 30, "a backlog while the broker is down")
@@ -99,10 +104,9 @@ def test_broker_killed_and_restarted_mid_stream_the_producer_resumes(base_settin
                     await wait_until(lambda: _drained(service, len(tape)), 90, "all published after the restart")
                     await wait_until(lambda: service.health()["ready"], 10, "/health to turn ready again")
                     health_codes.append(await _health(http, service))
-                    metrics = await _metrics(http, service)
-                    server.cancel()
+                    metrics = await scraped(service)
             records = await consume_all(broker.bootstrap, topics.trades_topic, timeout_s=60)
-            assert "pulse_producer_failed_sends_total" in metrics
+            assert metrics["failed_sends"] > 0, "sends while the broker was down must be counted"
             return service, records, health_codes
 
         service, records, health_codes = asyncio.run(scenario())
@@ -116,25 +120,10 @@ def test_broker_killed_and_restarted_mid_stream_the_producer_resumes(base_settin
     assert sum(service.queue.dropped.values()) == 0
 
 
-async def _serve_metrics(service: Any) -> None:
-    from pulse.producer_metrics import start_metrics_server
-
-    runner, service.metrics_port = await start_metrics_server(service.snapshot, service.health, 0, "127.0.0.1")
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
-
-
 async def _health(http: aiohttp.ClientSession, service: Any) -> int:
     await wait_until(lambda: service.metrics_port is not None, 5, "the metrics server")
     async with http.get(f"http://127.0.0.1:{service.metrics_port}/health") as response:
         return response.status
-
-
-async def _metrics(http: aiohttp.ClientSession, service: Any) -> str:
-    async with http.get(f"http://127.0.0.1:{service.metrics_port}/metrics") as response:
-        return await response.text()
 
 
 def test_sigterm_publishes_everything_queued_and_exits_zero(kafka, base_settings, tmp_path):
@@ -160,9 +149,9 @@ def test_sigterm_publishes_everything_queued_and_exits_zero(kafka, base_settings
 
     code, output, records = asyncio.run(scenario())
     assert code == 0, output
-    summary = re.search(r"stopped: (\d+) frames, (\d+) trades, (\d+) invalid, (\d+) published, (\d+) dropped", output)
+    summary = re.search(r"stopped: (\d+) trades, (\d+) invalid, (\d+) published, (\d+) dropped", output)
     assert summary, output
-    _frames, trades, invalid, published, dropped = map(int, summary.groups())
+    trades, invalid, published, dropped = map(int, summary.groups())
     assert trades > 1000 and invalid == 0 and dropped == 0
     assert published == trades == len(records), "everything received must be published before exit"
     got = ids_by_symbol(records)
@@ -174,37 +163,42 @@ def test_sigterm_publishes_everything_queued_and_exits_zero(kafka, base_settings
 def test_rotation_overlaps_connections_and_loses_or_duplicates_nothing(kafka, base_settings):
     topics = fresh_topics(kafka.bootstrap)
 
-    async def scenario() -> tuple[Any, list[Any]]:
+    async def scenario() -> tuple[dict[str, float], list[Any]]:
         async with BinanceDouble(recorded_tape(), frames_per_s=800) as double:
             settings = live_settings(base_settings, topics, double, rotate_after_s=0.8, rotate_overlap_s=0.3)
             async with running_producer(settings, kafka.bootstrap) as service:
                 await wait_until(double.finished.is_set, 60, "the tape to end")
-                await wait_until(lambda: published(service) >= len(double.tape) and not service.gaps_pending(), 30,
+                await wait_until(lambda: published(service) >= len(double.tape) and not gaps_pending(service), 30,
                                  "all published")
-        return service, await consume_all(kafka.bootstrap, topics.trades_topic)
+                metrics = await scraped(service)
+        return metrics, await consume_all(kafka.bootstrap, topics.trades_topic)
 
-    service, records = asyncio.run(scenario())
+    metrics, records = asyncio.run(scenario())
     assert ids_by_symbol(records) == expected_ids()
-    assert service.stream.stats.rotations >= 2
-    assert service.stream.stats.reconnects == 0
-    assert service.sequencer.duplicates.total() > 0, "the overlap must have delivered trades twice"
+    assert metrics["ws_rotations"] >= 2
+    assert metrics["ws_reconnects"] == 0
+    assert metrics["duplicates"] > 0, "the overlap must have delivered trades twice"
 
 
 def test_silent_legacy_endpoint_is_caught_by_the_watchdog(kafka, base_settings):
     topics = fresh_topics(kafka.bootstrap)
 
-    async def scenario() -> Any:
+    async def scenario() -> dict[str, float]:
         async with BinanceDouble(recorded_tape(), frames_per_s=800) as double:
             settings = live_settings(base_settings, topics, double, stall_timeout_s=0.3)
-            legacy = settings.producer.model_copy(update={"ws_base_url": double.ws_base_url.replace("/market", "")})
-            async with running_producer(settings.model_copy(update={"producer": legacy}), kafka.bootstrap) as service:
-                await wait_until(lambda: service.stream is not None and service.stream.stats.stalls >= 2, 10,
+            legacy = settings.override(producer={"ws_base_url": double.ws_base_url.replace("/market", "")})
+            async with running_producer(legacy, kafka.bootstrap) as service:
+                source = service.source
+                assert isinstance(source, BinanceSource)
+                await wait_until(lambda: source.streams[0].stats.stalls >= 2, 10,
                                  "two stalls on the silent path")
-        return service
+                return await scraped(service)
 
-    service = asyncio.run(scenario())
-    assert service.router.counters.frames == 0
-    assert service.stream.stats.reconnect_reasons == {"stalled": service.stream.stats.stalls}
+    metrics = asyncio.run(scenario())
+    assert metrics["frames_received"] == 0
+    assert metrics["ws_stalls"] >= 2
+    assert {k: v for k, v in metrics.items() if k.startswith("reconnects{")} == {
+        "reconnects{reason=stalled}": metrics["ws_stalls"]}
 
 
 @settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -213,7 +207,7 @@ def test_silent_legacy_endpoint_is_caught_by_the_watchdog(kafka, base_settings):
 def test_fuzzed_frames_on_the_wire_land_in_the_dead_letter_topic(kafka, base_settings, bad_frames):
     topics = fresh_topics(kafka.bootstrap)
 
-    async def scenario() -> tuple[Any, list[Any], list[Any]]:
+    async def scenario() -> tuple[dict[str, float], list[Any], list[Any]]:
         tape = recorded_tape()[:600]
         async with BinanceDouble(tape, frames_per_s=3000) as double:
             settings = live_settings(base_settings, topics, double)
@@ -222,12 +216,13 @@ def test_fuzzed_frames_on_the_wire_land_in_the_dead_letter_topic(kafka, base_set
                 double.inject(bad_frames)
                 await wait_until(double.finished.is_set, 30, "the tape to end")
                 await wait_until(lambda: published(service) >= len(tape) + len(bad_frames), 30, "all published")
+                metrics = await scraped(service)
             trades = await consume_all(kafka.bootstrap, topics.trades_topic)
             dlq = await consume_all(kafka.bootstrap, topics.dead_letter_topic)
-        return service, trades, dlq
+        return metrics, trades, dlq
 
-    service, trades, dlq = asyncio.run(scenario())
+    metrics, trades, dlq = asyncio.run(scenario())
     assert Counter(d.value["raw"] for d in dlq) == Counter(bad_frames)
-    assert all(d.value["reason"] and d.value["source"] == "live" for d in dlq)
-    assert service.router.counters.invalid == len(bad_frames)
+    assert all(d.value["reason"] and d.value["source"] == "binance:usdm" for d in dlq)
+    assert sum(v for k, v in metrics.items() if k.startswith("frames_invalid{")) == len(bad_frames)
     assert len(trades) == 600

@@ -6,8 +6,12 @@ import asyncio
 
 import pytest
 
-from pulse.producer import ProducerService, SourceChoice
+from pulse.pipeline import Pipeline
 from pulse.settings import PulseSettings
+from pulse.source.base import Source
+from pulse.source.replay import ReplaySource
+from pulse.source.synthetic import SyntheticSource
+from tests.support.pipeline import exported
 from tests.support.producer_harness import Consumed, consume_all, fresh_topics, ids_by_symbol
 from tests.support.recordings import ARCHIVE_CSV, USDM_RAW, recording
 from tests.support.reference import trades_from_recording
@@ -15,33 +19,34 @@ from tests.support.reference import trades_from_recording
 pytestmark = pytest.mark.integration
 
 
-def _run(settings: PulseSettings, bootstrap: str, source: SourceChoice) -> tuple[ProducerService, list[Consumed]]:
-    async def scenario() -> tuple[ProducerService, list[Consumed]]:
-        service = ProducerService(settings, source)
-        await service.run(bootstrap, asyncio.Event())
-        return service, await consume_all(bootstrap, settings.kafka.trades_topic)
-
-    return asyncio.run(scenario())
+def _run(settings: PulseSettings, bootstrap: str, source: Source) -> tuple[dict[str, float], list[Consumed]]:
+    """The source through the pipeline's producer until it is exhausted, and what its /metrics exported."""
+    with Pipeline(settings.override(kafka={"bootstrap_servers": bootstrap})) as run:
+        service = run.produce(source)
+    return exported(service), asyncio.run(consume_all(bootstrap, settings.kafka.trades_topic))
 
 
 @pytest.mark.parametrize(("name", "symbol"), [(USDM_RAW, None), (ARCHIVE_CSV, "BTCUSDT")])
 def test_replay_source_publishes_every_recorded_trade(kafka, base_settings, name, symbol):
     settings = base_settings.model_copy(update={"kafka": fresh_topics(kafka.bootstrap)})
     path = recording(name)
-    service, records = _run(settings, kafka.bootstrap, SourceChoice(kind="replay", input=path, symbol=symbol))
+    metrics, records = _run(settings, kafka.bootstrap, ReplaySource(path, symbol))
     want: dict[str, list[int]] = {}
     for trade in trades_from_recording(path, symbol):
         want.setdefault(trade.symbol, []).append(trade.agg_id)
     assert ids_by_symbol(records) == want
-    assert service.router.counters.invalid == 0
+    assert metrics["trades_received"] == len(records) and metrics["replay_lines"] > 0
+    assert not any(name.startswith("frames_invalid{") for name in metrics)
 
 
 def test_synthetic_source_publishes_consecutive_ids_per_symbol(kafka, base_settings):
     settings = base_settings.model_copy(update={
         "kafka": fresh_topics(kafka.bootstrap),
         "producer": base_settings.producer.model_copy(update={"symbols": ["AAAUSDT", "BBBUSDT", "CCCUSDT"]})})
-    service, records = _run(settings, kafka.bootstrap, SourceChoice(kind="synthetic", rate_per_s=20_000, total=20_000))
-    assert sum(service.queue.dropped.values()) == 0
+    symbols = ["AAAUSDT", "BBBUSDT", "CCCUSDT"]
+    metrics, records = _run(settings, kafka.bootstrap, SyntheticSource(symbols, 20_000, 20_000))
+    assert not any(name.startswith("records_dropped{") for name in metrics)
+    assert metrics["frames_received"] == metrics["trades_received"] == 20_000
     got = ids_by_symbol(records)
     assert set(got) == {"AAAUSDT", "BBBUSDT", "CCCUSDT"}
     assert sum(map(len, got.values())) == 20_000

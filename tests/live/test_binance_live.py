@@ -12,10 +12,11 @@ import aiohttp
 import pytest
 
 from pulse.settings import ProducerSettings
-from pulse.source.aggregate_ids import AggregateIdSequencer
-from pulse.source.binance_rest import BinanceRest, WeightBudget
-from pulse.source.binance_schema import InvalidFrame, NotATrade, parse_frame, to_trade
-from pulse.source.binance_ws import BinanceStream
+from pulse.source.binance.markets import MARKETS
+from pulse.source.binance.rest import BinanceRest, WeightBudget
+from pulse.source.binance.sequencer import AggregateIdSequencer
+from pulse.source.binance.wire import InvalidFrame, NotATrade, decode_frame, to_trade
+from pulse.source.binance.ws import BinanceStream
 
 pytestmark = pytest.mark.live
 
@@ -30,14 +31,15 @@ def test_market_path_streams_consecutive_aggtrades_and_rest_agrees():
 
         def on_frame(raw: str | bytes) -> bool:
             try:
-                wire = parse_frame(raw)
+                wire = decode_frame(raw)
             except (InvalidFrame, NotATrade):
                 return False
             wires.append(wire)
             sequencer.accept(to_trade(wire, 0))
             return True
 
-        stream = BinanceStream(settings, on_frame)
+        market = MARKETS[settings.market]
+        stream = BinanceStream(settings, market.ws_url, SYMBOLS, on_frame)
         stop = asyncio.Event()
         asyncio.get_running_loop().call_later(15, stop.set)
         await stream.run(stop)
@@ -45,7 +47,7 @@ def test_market_path_streams_consecutive_aggtrades_and_rest_agrees():
         assert stream.stats.stalls == 0
         first = wires[0]
         async with aiohttp.ClientSession() as session:
-            rest = BinanceRest(session, settings.rest_base_url, settings.rest_agg_trades_path, WeightBudget(2400))
+            rest = BinanceRest(session, market, market.rest_url, WeightBudget(market.weight_per_minute))
             again = await rest.agg_trades(first.s, first.a, limit=5)
         assert again[0].a == first.a and (again[0].p, again[0].q, again[0].T) == (first.p, first.q, first.T)
 

@@ -29,7 +29,7 @@ def broken_frames(draw: st.DrawFn) -> str:
     elif key == "e":
         payload[key] = draw(st.text(max_size=10).filter(lambda text: text != "aggTrade"))
     else:
-        payload[key] = draw(st.sampled_from(["", "BTC-USDT", "btc usdt", None, 5]))
+        payload[key] = draw(st.sampled_from(["", "BTC/USDT", "btc usdt", "A" * 21, None, 5]))
     envelope = draw(st.booleans())
     document = {"stream": "sandusdt@aggTrade", "data": payload} if envelope else payload
     return json.dumps(document, allow_nan=True)

@@ -1,33 +1,39 @@
-"""Drive the real pipeline (producer -> Kafka -> Spark -> chDB) over a recording, for tests."""
+"""Drive the real pipeline (producer -> Kafka -> Spark -> chDB) over a recording, for tests.
+
+Everything goes through `pulse.pipeline.Pipeline`, the assembly every entry point uses; the test
+fixtures only provide the shared broker, Spark session and chDB engine it then finds.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import urllib.request
 from pathlib import Path
 from typing import Any
 
-from pulse.broker.local_kafka import end_offsets
-from pulse.compute.job import start_queries, wait_until_caught_up
-from pulse.producer import replay_to_kafka
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pulse.pipeline import Pipeline
+from pulse.producer import ProducerService
 from pulse.settings import PulseSettings
+from pulse.source.replay import ReplaySource
 from pulse.storage.clickhouse import ClickHouseTransport
+from pulse.telemetry import TelemetryCollector
 
 
-def publish_recording(settings: PulseSettings, bootstrap: str, path: Path, symbol: str | None = None) -> int:
-    router, publisher = asyncio.run(replay_to_kafka(settings, bootstrap, path, symbol, speed=None))
-    assert publisher.stats.published == router.counters.trades + router.counters.invalid
-    return router.counters.trades
+def publish_recording(settings: PulseSettings, path: Path, symbol: str | None = None) -> int:
+    """Replay `path` flat out through the producer `pulse produce --source replay` runs; the trades published."""
+    with Pipeline(settings) as run:
+        service = run.produce(ReplaySource(path, symbol))
+    assert service.published == service.router.trades + service.router.invalid
+    return service.router.trades
 
 
-def process_topic(spark: Any, settings: PulseSettings, bootstrap: str, transport: ClickHouseTransport,
-                  timeout_s: float = 180) -> None:
+def process_topic(settings: PulseSettings, timeout_s: float = 180) -> None:
     """Run the Spark job until it has consumed everything in the trades topic, then stop it."""
-    queries = start_queries(spark, settings, bootstrap, transport)
-    try:
-        offsets = asyncio.run(end_offsets(bootstrap, settings.kafka.trades_topic))
-        wait_until_caught_up(queries, {settings.kafka.trades_topic: offsets}, timeout_s=timeout_s)
-    finally:
-        queries.stop()
+    with Pipeline(settings) as run:
+        run.start_job()
+        run.wait_caught_up(timeout_s=timeout_s)
 
 
 def metrics_rows(transport: ClickHouseTransport) -> list[dict[str, Any]]:
@@ -37,3 +43,34 @@ def metrics_rows(transport: ClickHouseTransport) -> list[dict[str, Any]]:
         " ORDER BY symbol, window_start"
     ).to_pylist()
     return rows
+
+
+def scrape(port: int, prefix: str = "pulse_producer_") -> dict[str, float]:
+    """A /metrics endpoint as {name{labels}: value}, read with Prometheus' own parser (counters without _total)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return parse_exposition(response.read().decode(), prefix)
+
+
+def exported(service: ProducerService) -> dict[str, float]:
+    """What the service's /metrics serves, rendered by the same collector: for a producer whose source
+    has ended, whose endpoint is gone with it."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(TelemetryCollector(service.snapshot, "pulse_producer_"))
+    return parse_exposition(generate_latest(registry).decode(), "pulse_producer_")
+
+
+def parse_exposition(text: str, prefix: str) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if not sample.name.startswith(prefix):
+                continue
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            name = sample.name.removeprefix(prefix).removesuffix("_total")
+            values[name + (f"{{{labels}}}" if labels else "")] = sample.value
+    return values
+
+
+def scrape_service(service: ProducerService) -> dict[str, float]:
+    assert service.metrics_port is not None, "the producer serves /metrics while it runs"
+    return scrape(service.metrics_port)

@@ -15,8 +15,11 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pulse.broker.local_kafka import ensure_topics
-from pulse.producer import ProducerService, SourceChoice
+from pulse.pipeline import Pipeline
+from pulse.producer import ProducerService
 from pulse.settings import KafkaSettings, PulseSettings
+from pulse.source.base import Source
+from pulse.source.binance.live import BinanceSource
 from tests.support.binance_double import BinanceDouble, agg_trades_from_recording
 from tests.support.names import unique_name
 from tests.support.recordings import SPOT_RAW, USDM_RAW, recording
@@ -51,7 +54,12 @@ def live_settings(base: PulseSettings, kafka: KafkaSettings, double: BinanceDoub
 
 def published(service: ProducerService) -> int:
     """Records the broker acknowledged (trades, dead letters and gap events)."""
-    return service.publisher.stats.published if service.publisher is not None else 0
+    return service.published
+
+
+def gaps_pending(service: ProducerService) -> bool:
+    source = service.source
+    return isinstance(source, BinanceSource) and source.gaps_pending()
 
 
 def fresh_topics(bootstrap: str, partitions: int = 3) -> KafkaSettings:
@@ -72,16 +80,29 @@ async def wait_until(condition: Callable[[], bool], timeout_s: float, what: str)
 
 @asynccontextmanager
 async def running_producer(settings: PulseSettings, bootstrap: str,
-                           source: SourceChoice | None = None) -> AsyncIterator[ProducerService]:
-    """The service running in this loop; on exit it is stopped (drain + flush) and must end cleanly."""
-    service = ProducerService(settings, source or SourceChoice(kind="live"))
+                           source: Source | None = None) -> AsyncIterator[ProducerService]:
+    """The producer as the pipeline runs it (with /metrics), in this loop; on exit it is stopped
+    (drain + flush) and must end cleanly."""
+    pipeline = Pipeline(settings.override(kafka={"bootstrap_servers": bootstrap}))
     stop = asyncio.Event()
-    task = asyncio.create_task(service.run(bootstrap, stop))
+    task = asyncio.create_task(pipeline.produce_async(source or BinanceSource(settings.producer), stop))
+    await wait_until(lambda: (bool(pipeline.producers) and pipeline.producers[0].metrics_port is not None)
+                     or task.done(), 30, "the producer and its /metrics")
+    if task.done():
+        task.result()
+    service = pipeline.producers[0]
     try:
         yield service
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=settings.producer.shutdown_timeout_s + 20)
+
+
+async def scraped(service: ProducerService) -> dict[str, float]:
+    """The producer's /metrics, read over HTTP from this loop's thread without blocking the loop."""
+    from tests.support.pipeline import scrape_service
+
+    return await asyncio.to_thread(scrape_service, service)
 
 
 @dataclass(frozen=True)

@@ -114,3 +114,14 @@ def reference_windows(trades: list[RefTrade], price_band: Decimal = Decimal(0),
             buy_volume=float(buy), sell_volume=float(sell), quote_volume=float(vwap * volume),
         )
     return windows
+
+
+def is_late(trade_time_ms: int, late_watermark_ms: int, window_ms: int = 1000) -> bool:
+    """Whether Spark's windowed aggregation drops a trade as too late.
+
+    Spark drops an input row of a windowed aggregation when its window's end is at or before the
+    watermark that applies to late events, which is the watermark of the previous micro-batch
+    (max event time seen so far minus the delay). So a trade is late exactly when its whole window
+    has been closed, not when the trade itself is older than the watermark.
+    """
+    return (trade_time_ms // window_ms + 1) * window_ms <= late_watermark_ms

@@ -12,18 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from pulse.source.binance_schema import Trade
-
-
-@dataclass(frozen=True, slots=True)
-class Gap:
-    symbol: str
-    first_missing_id: int
-    last_missing_id: int
-
-    @property
-    def size(self) -> int:
-        return self.last_missing_id - self.first_missing_id + 1
+from pulse.model import Gap, Trade
 
 
 @dataclass(slots=True)

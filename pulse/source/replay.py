@@ -1,4 +1,4 @@
-"""Replay source: recorded aggTrades from a file, as websocket frames.
+"""Replay source: recorded aggTrades from a file, as websocket frames, at the recorded pace or flat out.
 
 Accepted, line by line, in one file:
 - JSON aggTrade payloads, bare or in the combined-stream envelope `{"stream": ..., "data": ...}`,
@@ -14,12 +14,17 @@ skipped. Every CSV row becomes the aggTrade payload Binance would have sent, so 
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+
+from pulse.source.base import FrameDecoder, LocalSource, Output
+from pulse.telemetry import Telemetry
 
 _RECORDER_PREFIX = re.compile(r"^\d+(?:\.\d+)?: ")
 _CSV_COLUMNS = ("agg_trade_id", "price", "quantity", "first_trade_id", "last_trade_id",
@@ -85,3 +90,48 @@ def read_replay_frames(path: Path, symbol: str | None, stats: ReplayStats | None
             else:
                 # CSV header, recorder configuration, connection URLs, REST snapshots, blank lines.
                 stats.skipped_lines += 1
+
+
+class ReplaySource(LocalSource):
+    """A recording as a source: pacing lives here, so every consumer of a replay gets the same one.
+
+    `speed` is a multiple of the recorded pace (trade times); None replays as fast as the queue
+    takes it. Unlike a live feed, a file can wait, so flat out it waits for room instead of
+    letting the queue drop its oldest records.
+    """
+
+    def __init__(self, path: Path, symbol: str | None = None, speed: float | None = None) -> None:
+        self.path = path
+        self.symbol = symbol.upper() if symbol else None
+        self.speed = speed
+        self.name = f"replay:{path.name}"
+        self.symbols: list[str] = [self.symbol] if self.symbol else []
+        self.stats = ReplayStats()
+        self._decoder = FrameDecoder(self.name, self.symbol)
+
+    async def setup(self) -> None:
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no recording at {self.path}")
+        with self.path.open("rb"):
+            pass  # unreadable files fail here, before anything starts
+
+    async def _emit_all(self, out: Output, stop: asyncio.Event) -> None:
+        first_trade_ms: int | None = None
+        started = time.monotonic()
+        for count, frame in enumerate(read_replay_frames(self.path, self.symbol, self.stats), start=1):
+            trade = self.emit(frame.text, out, frame.invalid_reason)
+            if stop.is_set():
+                return
+            if self.speed is not None and trade is not None:
+                if first_trade_ms is None:
+                    first_trade_ms, started = trade.trade_time_ms, time.monotonic()
+                delay = started + (trade.trade_time_ms - first_trade_ms) / 1000.0 / self.speed - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            elif count % 500 == 0:
+                await out.room()
+
+    def telemetry(self) -> Telemetry:
+        decoded = self._decoder.telemetry()
+        return Telemetry(counters={**decoded.counters, "replay_lines": self.stats.lines,
+                                   "replay_lines_skipped": self.stats.skipped_lines})

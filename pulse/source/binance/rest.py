@@ -1,9 +1,10 @@
 """Binance REST `aggTrades`, the one REST call the producer makes: filling gaps of the live stream.
 
-`GET /fapi/v1/aggTrades?symbol=..&fromId=..&limit=1000` costs 20 weight of the 2,400-per-minute
-IP budget. `WeightBudget` spends that budget evenly (a token bucket refilled continuously), and
-a 429 (rate limited) or 418 (IP banned for ignoring 429s) stops every call until `Retry-After`
-has passed: hammering on would turn a minute's pause into a ban of hours.
+`GET /fapi/v1/aggTrades?symbol=..&fromId=..&limit=1000` costs 20 weight of USD-M's 2,400-per-minute
+IP budget (spot: `/api/v3/aggTrades`, 4 of 6,000; the market presets carry these numbers).
+`WeightBudget` spends that budget evenly (a token bucket refilled continuously), and a 429
+(rate limited) or 418 (IP banned for ignoring 429s) stops every call until `Retry-After` has
+passed: hammering on would turn a minute's pause into a ban of hours.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import time
 from collections.abc import Callable, Mapping
 
 import aiohttp
-import orjson
 
-from pulse.source.binance_schema import BinanceAggTrade, InvalidFrame, agg_trade_from_rest
+from pulse.source.binance.markets import Market
+from pulse.source.binance.wire import BinanceAggTrade, InvalidFrame, decode_rest_page
+from pulse.telemetry import Telemetry
 
-AGG_TRADES_WEIGHT = 20
 AGG_TRADES_LIMIT = 1000
 _RATE_LIMITED = (429, 418)
 _MAX_ATTEMPTS = 4
@@ -74,27 +75,35 @@ def _retry_after_s(headers: Mapping[str, str], default: float) -> float:
 
 
 class BinanceRest:
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, agg_trades_path: str,
-                 budget: WeightBudget, server_error_pause_s: float = 1.0) -> None:
+    def __init__(self, session: aiohttp.ClientSession, market: Market, base_url: str, budget: WeightBudget,
+                 server_error_pause_s: float = 1.0) -> None:
         self._session = session
-        self._url = base_url.rstrip("/") + agg_trades_path
+        self._url = base_url.rstrip("/") + market.agg_trades_path
+        self._weight = market.agg_trades_weight
         self._budget = budget
         self._server_error_pause_s = server_error_pause_s
         self.calls = 0
         self.rate_limited = 0
+        self.failures = 0
+
+    def telemetry(self) -> Telemetry:
+        return Telemetry(counters={"rest_calls": self.calls, "rest_rate_limited": self.rate_limited,
+                                   "rest_failures": self.failures,
+                                   "rest_weight_waited_seconds": self._budget.waited_s})
 
     async def agg_trades(self, symbol: str, from_id: int, limit: int = AGG_TRADES_LIMIT) -> list[BinanceAggTrade]:
         """Up to `limit` aggTrades of `symbol` from id `from_id` on, in id order."""
         params = {"symbol": symbol, "fromId": str(from_id), "limit": str(min(limit, AGG_TRADES_LIMIT))}
         last_problem = "no attempt"
         for _ in range(_MAX_ATTEMPTS):
-            await self._budget.acquire(AGG_TRADES_WEIGHT)
+            await self._budget.acquire(self._weight)
             self.calls += 1
             try:
                 async with self._session.get(self._url, params=params) as response:
                     body = await response.read()
                     status, headers = response.status, response.headers
             except (aiohttp.ClientError, TimeoutError) as error:
+                self.failures += 1
                 last_problem = f"request failed: {error!r}"
                 await asyncio.sleep(self._server_error_pause_s)
                 continue
@@ -104,23 +113,19 @@ class BinanceRest:
                 last_problem = f"HTTP {status}"
                 continue
             if status >= 500:
+                self.failures += 1
                 last_problem = f"HTTP {status}"
                 await asyncio.sleep(self._server_error_pause_s)
                 continue
             if status != 200:
+                self.failures += 1
                 raise RestError(f"aggTrades {symbol} fromId={from_id}: HTTP {status} {body[:200]!r}")
             return self._parse(body, symbol)
         raise RestError(f"aggTrades {symbol} fromId={from_id}: {last_problem} after {_MAX_ATTEMPTS} attempts")
 
-    @staticmethod
-    def _parse(body: bytes, symbol: str) -> list[BinanceAggTrade]:
+    def _parse(self, body: bytes, symbol: str) -> list[BinanceAggTrade]:
         try:
-            items = orjson.loads(body)
-        except orjson.JSONDecodeError as error:
-            raise RestError(f"aggTrades reply is not JSON: {error}") from None
-        if not isinstance(items, list):
-            raise RestError(f"aggTrades reply must be a JSON array, got {type(items).__name__}")
-        try:
-            return sorted((agg_trade_from_rest(item, symbol) for item in items), key=lambda trade: trade.a)
+            return decode_rest_page(body, symbol)
         except InvalidFrame as invalid:
-            raise RestError(f"aggTrades reply holds an invalid trade: {invalid.reason}") from None
+            self.failures += 1
+            raise RestError(invalid.reason) from None

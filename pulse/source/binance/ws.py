@@ -1,5 +1,9 @@
 """Binance live aggTrade stream: one combined-stream websocket that keeps itself alive for days.
 
+The frames it delivers (see `pulse.source.binance.wire` for their shape):
+
+    {"stream": "btcusdt@aggTrade", "data": {"e": "aggTrade", "E": 1617647797640, "s": "BTCUSDT", ...}}
+
 USD-M futures serve combined streams on the market path,
 `wss://fstream.binance.com/market/stream?streams=btcusdt@aggTrade/ethusdt@aggTrade/...`; the old
 `/ws` and `/stream` paths still accept connections but have sent nothing since 2026-04-23. Such a
@@ -24,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from pulse.settings import ProducerSettings
 
@@ -63,6 +67,9 @@ class StreamStats:
     stalls: int = 0
     rotations: int = 0
     reconnect_reasons: dict[str, int] = field(default_factory=dict)
+    # HTTP status of refused handshakes: 451 (restricted region), 403, 429/418 (rate limit or ban).
+    refusals: dict[str, int] = field(default_factory=dict)
+    last_refusal: str | None = None
 
 
 @dataclass(slots=True)
@@ -73,9 +80,20 @@ class _Connection:
     reader: asyncio.Task[None] = field(init=False)
 
 
+# What a refused handshake means for the user: these do not heal by reconnecting faster.
+REFUSAL_HINTS = {
+    451: "Binance refuses connections from this region (HTTP 451): run Pulse where Binance is available, "
+         "or replay a recording (pulse demo --input FILE)",
+    403: "Binance refused the connection (HTTP 403): check a proxy or firewall in between",
+    429: "Binance rate-limits this IP (HTTP 429): wait before reconnecting, and open fewer connections",
+    418: "Binance banned this IP for a while (HTTP 418) after rate-limit violations: wait it out",
+}
+
+
 class BinanceStream:
-    def __init__(self, settings: ProducerSettings, on_frame: FrameHandler) -> None:
-        self.url = combined_stream_url(settings.ws_base_url, settings.symbols)
+    def __init__(self, settings: ProducerSettings, ws_base_url: str, symbols: Sequence[str],
+                 on_frame: FrameHandler) -> None:
+        self.url = combined_stream_url(ws_base_url, symbols)
         self._settings = settings
         self._on_frame = on_frame
         self._last_trade_at = time.monotonic()
@@ -115,11 +133,24 @@ class BinanceStream:
                     return None
             try:
                 return await self._open()
+            except InvalidStatus as refused:
+                self.stats.connect_failures += 1
+                self._drops_in_a_row += 1
+                self._refused(refused.response.status_code)
             except (OSError, TimeoutError, WebSocketException) as error:
                 self.stats.connect_failures += 1
                 self._drops_in_a_row += 1
                 log.warning("websocket connect failed", extra={"event": "ws_connect_failed", "error": repr(error)})
         return None
+
+    def _refused(self, status: int) -> None:
+        key = str(status)
+        first = key not in self.stats.refusals
+        self.stats.refusals[key] = self.stats.refusals.get(key, 0) + 1
+        self.stats.last_refusal = REFUSAL_HINTS.get(status, f"Binance refused the connection (HTTP {status})")
+        # One line per kind of refusal, not one per retry: the retries are counted in /metrics.
+        if first:
+            log.error(self.stats.last_refusal, extra={"event": "ws_refused", "status": status, "url": self.url})
 
     async def _close(self, connection: _Connection) -> None:
         await connection.websocket.close()

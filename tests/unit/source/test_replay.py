@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pulse.source.binance_schema import InvalidFrame, NotATrade, parse_frame
-from pulse.source.replay_file import ReplayFormatError, ReplayStats, read_replay_frames
+from pulse.model import DeadLetter, GapEvent, Trade
+from pulse.source.binance.wire import InvalidFrame, NotATrade, decode_frame
+from pulse.source.replay import ReplayFormatError, ReplaySource, ReplayStats, read_replay_frames
 from tests.support.recordings import ARCHIVE_CSV, SPOT_RAW, USDM_RAW, recording
 
 AGG = {"e": "aggTrade", "E": 1, "a": 7, "s": "BTCUSDT", "p": "100.5", "q": "0.25", "f": 1, "l": 2, "T": 1000,
@@ -23,7 +26,7 @@ def trades_of(path: Path, symbol: str | None = None, stats: ReplayStats | None =
             invalid.append(replay_frame.invalid_reason)
             continue
         try:
-            trades.append(parse_frame(replay_frame.text, symbol))
+            trades.append(decode_frame(replay_frame.text, symbol))
         except NotATrade:
             continue
         except InvalidFrame as error:
@@ -110,3 +113,60 @@ def test_real_recordings_yield_their_documented_trades(name, symbol, counts):
         assert set(by_symbol) == counts and len(trades) == 574
     for ids in by_symbol.values():  # the recordings' README: ids run without gaps per symbol
         assert sorted(ids) == list(range(min(ids), max(ids) + 1))
+
+
+class Collected:
+    """The sources' output, kept in lists (what the producer's router would encode and enqueue)."""
+
+    def __init__(self) -> None:
+        self.trades: list[Trade] = []
+        self.dead_letters: list[DeadLetter] = []
+        self.gaps: list[GapEvent] = []
+
+    def trade(self, trade: Trade) -> None:
+        self.trades.append(trade)
+
+    def dead_letter(self, letter: DeadLetter) -> None:
+        self.dead_letters.append(letter)
+
+    def gap(self, event: GapEvent) -> None:
+        self.gaps.append(event)
+
+    async def room(self) -> None:
+        return None
+
+
+def _replay(source: ReplaySource) -> Collected:
+    async def scenario() -> Collected:
+        out = Collected()
+        await source.setup()
+        await source.run(out, asyncio.Event())
+        await source.stop()
+        return out
+
+    return asyncio.run(scenario())
+
+
+def test_replay_source_emits_trades_and_dead_letters_and_paces_by_trade_time(tmp_path):
+    path = tmp_path / "paced.jsonl"
+    path.write_text("\n".join([json.dumps({**AGG, "a": 1, "T": 1000}), '{"e": truncated',
+                               json.dumps({**AGG, "a": 2, "T": 1400})]) + "\n")
+    started = time.monotonic()
+    out = _replay(ReplaySource(path, speed=2.0))
+    assert time.monotonic() - started >= 0.2 - 0.02, "400 ms of trade time at 2x must take ~200 ms"
+    assert [t.agg_trade_id for t in out.trades] == [1, 2]
+    assert [(d.raw, d.source) for d in out.dead_letters] == [('{"e": truncated', "replay:paced.jsonl")]
+    assert "not JSON" in out.dead_letters[0].reason
+
+
+def test_quarterly_and_coin_m_contract_symbols_are_binance_symbols(tmp_path):
+    path = tmp_path / "quarterly.csv"
+    path.write_text("100,87648.21,0.08185,500,501,1767225600039,True,True\n")
+    for symbol in ("BTCUSDT_260327", "BTCUSD_PERP", "ETHUSD_260327"):
+        out = _replay(ReplaySource(path, symbol, None))
+        assert [t.symbol for t in out.trades] == [symbol] and not out.dead_letters
+
+
+def test_a_missing_recording_fails_at_setup(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no recording"):
+        asyncio.run(ReplaySource(tmp_path / "absent.raw").setup())

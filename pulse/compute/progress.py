@@ -1,0 +1,143 @@
+"""Reading Spark's own account of a streaming query: offsets, watermarks, progress reports.
+
+Everything that interprets a `StreamingQueryProgress` or a checkpoint lives here: whether a query
+has caught up with the topic, when a replay is over (idle), the health row of a micro-batch,
+and whether the job is healthy. Pure functions over Spark's JSON and the checkpoint files.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def kafka_offsets(progress_offsets: str | Mapping[str, Any] | None) -> dict[str, dict[str, int]]:
+    """A progress report's offsets ({topic: {partition: offset}}); {} when there are none.
+
+    PySpark renders a missing offset (the first batch's start) as the string "None".
+    """
+    if isinstance(progress_offsets, Mapping):
+        return {topic: {str(p): int(o) for p, o in parts.items()} for topic, parts in progress_offsets.items()}
+    if not progress_offsets or not progress_offsets.lstrip().startswith("{"):
+        return {}
+    parsed: dict[str, dict[str, int]] = json.loads(progress_offsets)
+    return parsed
+
+
+def offset_range_size(start_offsets: str | None, end_offsets: str | None) -> int:
+    """Kafka records in a micro-batch's offset range; 0 when the start is unknown."""
+    start, end = kafka_offsets(start_offsets), kafka_offsets(end_offsets)
+    if not start:
+        return 0
+    return sum(int(offset) - int(start.get(topic, {}).get(partition, offset))
+               for topic, partitions in end.items() for partition, offset in partitions.items())
+
+
+def batch_watermark_ms(checkpoint: Path, batch_id: int) -> int:
+    """The event-time watermark Spark recorded for a batch in its offset log (0 before any)."""
+    log = checkpoint / "offsets" / str(batch_id)
+    if batch_id < 0 or not log.exists():
+        return 0
+    metadata = json.loads(log.read_text().splitlines()[1])
+    return int(metadata.get("batchWatermarkMs", 0))
+
+
+def reached(progress: Mapping[str, Any] | None, end_offsets: Mapping[str, Mapping[int, int]]) -> bool:
+    """Whether a query's last completed batch (its `lastProgress`) ends at or beyond `end_offsets`."""
+    if not progress:
+        return False
+    for source in progress.get("sources", []):
+        processed = kafka_offsets(source.get("endOffset"))
+        if not processed:
+            return False
+        for topic, partitions in end_offsets.items():
+            done = processed.get(topic, {})
+            if any(int(done.get(str(p), 0)) < end for p, end in partitions.items()):
+                return False
+    return True
+
+
+def caught_up(progress: Mapping[str, Any] | None, status: Mapping[str, Any]) -> bool:
+    """The last batch read up to the latest offsets Kafka had, and the source reports nothing newer.
+
+    Spark's own view of the topic (the progress's latestOffset and the status's isDataAvailable),
+    which is what the query will actually read next.
+    """
+    if not progress or status.get("isDataAvailable") or status.get("isTriggerActive"):
+        return False
+    for source in progress.get("sources", []):
+        latest = kafka_offsets(source.get("latestOffset"))
+        if latest and kafka_offsets(source.get("endOffset")) != latest:
+            return False
+    return True
+
+
+@dataclass
+class IdleTracker:
+    """Decides when a replay is over: everything in the topic processed, and nothing new for a while."""
+
+    idle_after_s: float
+    _quiet_since: float | None = None
+
+    def observe(self, is_caught_up: bool, now: float) -> bool:
+        """Feed one poll; True once the queries have stayed caught up for `idle_after_s`."""
+        if not is_caught_up:
+            self._quiet_since = None
+            return False
+        if self._quiet_since is None:
+            self._quiet_since = now
+        return now - self._quiet_since >= self.idle_after_s
+
+
+def _iso_to_ms(value: str | None) -> int | None:
+    if not value:
+        return None
+    return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def health_row(progress: Any, late_trades: int) -> pa.Table:
+    """The `pulse_health` row of one progress report (a pyspark StreamingQueryProgress)."""
+    dropped = sum(op.numRowsDroppedByWatermark for op in progress.stateOperators)
+    # failOnDataLoss=false skips offsets that were deleted before they were read: the range
+    # Spark planned minus the records it got is what was lost.
+    in_range = sum(offset_range_size(source.startOffset, source.endOffset) for source in progress.sources)
+    data_loss = max(0, in_range - int(progress.numInputRows)) if progress.batchId > 0 else 0
+    ms = pa.timestamp("ms", "UTC")
+    return pa.table({
+        "reported_at": pa.array([now_ms()], ms),
+        "query_name": [progress.name or ""],
+        "batch_id": [progress.batchId],
+        "input_rows": [progress.numInputRows],
+        "input_rows_per_second": [float(progress.inputRowsPerSecond or 0.0)],
+        "processed_rows_per_second": [float(progress.processedRowsPerSecond or 0.0)],
+        "late_rows_dropped": [dropped],
+        "late_trades": [late_trades],
+        "state_rows": [sum(op.numRowsTotal for op in progress.stateOperators)],
+        "watermark": pa.array([_iso_to_ms((progress.eventTime or {}).get("watermark"))], ms),
+        "batch_duration_ms": [int((progress.durationMs or {}).get("triggerExecution", 0))],
+        "data_loss_offsets": [data_loss],
+    })
+
+
+def job_health(queries: Sequence[Any], last_progress_at: float | None, stale_after_s: float,
+               now: float) -> dict[str, Any]:
+    """Ready only while every query is active and a progress report came within `stale_after_s`.
+
+    A streaming query reports progress after each trigger, data or not (idle queries report every
+    `spark.sql.streaming.noDataProgressEventInterval`), so silence means the job is stuck.
+    """
+    active = {query.name: bool(query.isActive) for query in queries}
+    age = None if last_progress_at is None else now - last_progress_at
+    ready = bool(active) and all(active.values()) and age is not None and age < stale_after_s
+    return {"ready": ready, "queries": active, "last_progress_age_s": age}

@@ -1,0 +1,142 @@
+"""The domain records and the wire contract of Pulse, each defined once.
+
+- `Trade`: one aggregate trade, as every stage after the source sees it.
+- `Gap`: aggregate ids of a symbol that the live source never saw (yet).
+- `TradeMessageV1`, `DeadLetterV1`, `GapEventV1`: what the producer publishes to Kafka. These
+  msgspec structs ARE the contract: docs/*.v1.schema.json and the Spark read schema
+  (`pulse.compute.columns.TRADE_MESSAGE_SCHEMA`, derived from `TradeMessageV1`) are checked
+  against them field by field in the tests.
+Times are UTC epoch milliseconds; any other zone is a display concern.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+import msgspec
+
+Side = Literal["BUY", "SELL"]
+SCHEMA_VERSION: Literal[1] = 1
+
+
+class Signal(StrEnum):
+    STRONG_BUY = "STRONG BUY"
+    STRONG_SELL = "STRONG SELL"
+    ACCUMULATING = "ACCUMULATING"
+    DISTRIBUTING = "DISTRIBUTING"
+    NEUTRAL = "NEUTRAL"
+
+
+class Trade(msgspec.Struct, frozen=True):
+    """The domain record every stage after the source works with."""
+
+    symbol: str
+    agg_trade_id: int
+    price: float
+    quantity: float
+    first_trade_id: int
+    last_trade_id: int
+    trade_time_ms: int
+    event_time_ms: int
+    buyer_is_maker: bool
+    ingest_time_ms: int
+    quantity_no_rpi: float | None = None
+
+    @property
+    def side(self) -> Side:
+        # Binance's `m`: the buyer is the maker, so the taker (who moved the price) SOLD.
+        return "SELL" if self.buyer_is_maker else "BUY"
+
+
+class Gap(msgspec.Struct, frozen=True):
+    symbol: str
+    first_missing_id: int
+    last_missing_id: int
+
+    @property
+    def size(self) -> int:
+        return self.last_missing_id - self.first_missing_id + 1
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    """A frame that could not become a trade: kept whole, with the reason, never dropped."""
+
+    raw: str | bytes
+    reason: str
+    source: str
+    received_ms: int
+
+
+class GapEvent(msgspec.Struct, frozen=True):
+    """Ids the live source gave up on (REST could not return them), published for consumers."""
+
+    gap: Gap
+    reason: str
+    detected_ms: int
+
+
+class TradeMessageV1(msgspec.Struct, frozen=True):
+    """The trade message on the trades topic (key = symbol)."""
+
+    schema_version: Literal[1]
+    symbol: str
+    price: float
+    quantity: float
+    timestamp: int  # trade time T, ms: the pipeline's event time
+    side: Side  # taker side
+    agg_trade_id: int
+    first_trade_id: int
+    last_trade_id: int
+    event_time: int  # E, ms
+    ingest_time: int  # when the producer received the frame, ms
+    buyer_is_maker: bool
+    quantity_no_rpi: float | None
+
+
+class DeadLetterV1(msgspec.Struct, frozen=True):
+    """The record on the dead-letter topic: the raw payload exactly as received, and why."""
+
+    schema_version: Literal[1]
+    reason: str
+    source: str
+    received_at: int
+    raw: str
+
+
+class GapEventV1(msgspec.Struct, frozen=True):
+    """The record on the gaps topic: aggregate ids of `symbol` that were never published."""
+
+    schema_version: Literal[1]
+    symbol: str
+    first_missing_id: int
+    last_missing_id: int
+    missing_count: int
+    reason: str
+    detected_at: int
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def encode_trade(trade: Trade) -> bytes:
+    return _encode(TradeMessageV1(
+        schema_version=SCHEMA_VERSION, symbol=trade.symbol, price=trade.price, quantity=trade.quantity,
+        timestamp=trade.trade_time_ms, side=trade.side, agg_trade_id=trade.agg_trade_id,
+        first_trade_id=trade.first_trade_id, last_trade_id=trade.last_trade_id, event_time=trade.event_time_ms,
+        ingest_time=trade.ingest_time_ms, buyer_is_maker=trade.buyer_is_maker,
+        quantity_no_rpi=trade.quantity_no_rpi,
+    ))
+
+
+def encode_dead_letter(letter: DeadLetter) -> bytes:
+    raw = letter.raw.decode("utf-8", errors="replace") if isinstance(letter.raw, bytes) else letter.raw
+    return _encode(DeadLetterV1(schema_version=SCHEMA_VERSION, reason=letter.reason, source=letter.source,
+                                received_at=letter.received_ms, raw=raw))
+
+
+def encode_gap_event(event: GapEvent) -> bytes:
+    gap = event.gap
+    return _encode(GapEventV1(schema_version=SCHEMA_VERSION, symbol=gap.symbol,
+                              first_missing_id=gap.first_missing_id, last_missing_id=gap.last_missing_id,
+                              missing_count=gap.size, reason=event.reason, detected_at=event.detected_ms))

@@ -1,0 +1,127 @@
+"""What every source is: one lifecycle (set up, run, stop) and typed outputs.
+
+A source hands over three kinds of record (the oks and errs of a dataflow): trades, dead letters
+(frames that could not become a trade, with the reason) and gap events (ids the live source gave
+up on). The producer's router takes all three; a source never encodes or publishes anything.
+Every source speaks Binance's frames (live ones, recorded ones, synthetic ones), so they share
+one `FrameDecoder`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Protocol
+
+from pulse.model import DeadLetter, GapEvent, Trade
+from pulse.source.binance.wire import InvalidFrame, NotATrade, decode_frame, to_trade
+from pulse.telemetry import Telemetry
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Output(Protocol):
+    """Where a source puts what it made. None of these wait: the producer's queue is bounded."""
+
+    def trade(self, trade: Trade) -> None: ...
+
+    def dead_letter(self, letter: DeadLetter) -> None: ...
+
+    def gap(self, event: GapEvent) -> None: ...
+
+    async def room(self) -> None:
+        """For sources that can wait (a file, unlike a live feed): returns once the queue has room."""
+
+
+class Source(Protocol):
+    name: str
+    # Symbols the source serves, as far as it knows them before running (for logs and the view).
+    symbols: list[str]
+
+    async def setup(self) -> None:
+        """Open what the source needs (files, sessions); fails here, before anything runs."""
+
+    async def run(self, out: Output, stop: asyncio.Event) -> None:
+        """Emit into `out` until the source is exhausted or `stop` is set."""
+
+    async def stop(self) -> None:
+        """Release everything; hand over what is still held (live: trades waiting behind a gap)."""
+
+    def connected(self) -> bool: ...
+
+    def problem(self) -> str | None:
+        """What keeps the source from delivering, in words a user can act on (None: nothing)."""
+
+    def telemetry(self) -> Telemetry: ...
+
+
+class FrameDecoder:
+    """Binance frames -> trades; refused frames go to `out` as dead letters. Counted for /metrics."""
+
+    def __init__(self, source: str, default_symbol: str | None = None) -> None:
+        self._source = source
+        self._default_symbol = default_symbol
+        self.frames = 0
+        self.skipped = 0
+
+    def decode(self, raw: str | bytes, out: Output, invalid_reason: str | None = None) -> Trade | None:
+        """The trade in `raw`, or None (another stream's frame, or refused and dead-lettered)."""
+        self.frames += 1
+        received = now_ms()
+        try:
+            if invalid_reason is not None:
+                raise InvalidFrame(invalid_reason)
+            return to_trade(decode_frame(raw, self._default_symbol), received)
+        except NotATrade:
+            self.skipped += 1
+        except InvalidFrame as invalid:
+            out.dead_letter(DeadLetter(raw=raw, reason=invalid.reason, source=self._source, received_ms=received))
+        return None
+
+    def telemetry(self) -> Telemetry:
+        return Telemetry(counters={"frames_received": self.frames, "frames_skipped": self.skipped})
+
+
+class LocalSource:
+    """What a source without a connection shares (a file, a generator): it is "connected" while it runs.
+
+    Subclasses set `name`, `symbols` and `_decoder`, and implement `_emit_all`.
+    """
+
+    name: str
+    symbols: list[str]
+    _decoder: FrameDecoder
+    _running = False
+
+    async def setup(self) -> None:
+        return None
+
+    async def run(self, out: Output, stop: asyncio.Event) -> None:
+        self._running = True
+        try:
+            await self._emit_all(out, stop)
+        finally:
+            self._running = False
+
+    async def _emit_all(self, out: Output, stop: asyncio.Event) -> None:
+        raise NotImplementedError
+
+    def emit(self, raw: str | bytes, out: Output, invalid_reason: str | None = None) -> Trade | None:
+        trade = self._decoder.decode(raw, out, invalid_reason)
+        if trade is not None:
+            out.trade(trade)
+        return trade
+
+    async def stop(self) -> None:
+        return None
+
+    def connected(self) -> bool:
+        return self._running
+
+    def problem(self) -> str | None:
+        return None
+
+    def telemetry(self) -> Telemetry:
+        return self._decoder.telemetry()

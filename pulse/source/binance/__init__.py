@@ -1,0 +1,1 @@
+"""The live Binance source and its wire format (websocket and REST apart), markets as data."""

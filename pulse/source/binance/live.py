@@ -1,0 +1,239 @@
+"""The live Binance source: aggTrades of many symbols, in id order per symbol, gaps filled from REST.
+
+Symbols are spread over as many combined-stream connections as needed (`MAX_STREAMS_PER_CONNECTION`
+each), every one with its own watchdog, rotation and reconnect. Frames of all connections meet in
+one `AggregateIdSequencer`: duplicates (rotation overlaps, REST and wire both delivering) are
+dropped, and a skipped id holds the symbol's later trades back until `GapFiller` recovers the
+missing ones from REST or gives up on them, which becomes a gap event. So the source emits trades
+in id order per symbol, dead letters, and gap events: never anything out of order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiohttp
+
+from pulse.model import Gap, GapEvent, Trade
+from pulse.settings import ProducerSettings
+from pulse.source.base import FrameDecoder, Output, now_ms
+from pulse.source.binance.markets import MARKETS, Market
+from pulse.source.binance.rest import BinanceRest, RestError, WeightBudget
+from pulse.source.binance.sequencer import AggregateIdSequencer
+from pulse.source.binance.wire import BinanceAggTrade, to_trade
+from pulse.source.binance.ws import MAX_STREAMS_PER_CONNECTION, BinanceStream
+from pulse.telemetry import Telemetry, merge
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class GapCounters:
+    found: int = 0
+    filled: int = 0
+    unfilled: int = 0
+    trades_filled: int = 0
+    ids_lost: int = 0
+    rest_errors: int = 0
+
+
+class GapFiller:
+    """Recovers the aggregate ids a symbol skipped on the wire, from REST, while later trades wait.
+
+    One task per symbol with a gap: it waits `gap_grace_s` (during a rotation the other connection
+    may still deliver the ids), then asks REST from the first missing id, and feeds what comes back
+    through the same sequencer, so the symbol's trades leave in id order. Ids REST does not return
+    (or not before `gap_fill_timeout_s`) become a gap event, and the held trades are released after it.
+    """
+
+    def __init__(self, settings: ProducerSettings, sequencer: AggregateIdSequencer, rest: BinanceRest | None,
+                 out: Output) -> None:
+        self._settings = settings
+        self._sequencer = sequencer
+        self._rest = rest
+        self._out = out
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.counters = GapCounters()
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._tasks)
+
+    def notice(self, symbol: str) -> None:
+        if symbol not in self._tasks:
+            self.counters.found += 1
+            self._tasks[symbol] = asyncio.create_task(self._fill(symbol))
+
+    def _release(self, trades: Sequence[Trade]) -> None:
+        for trade in trades:
+            self._out.trade(trade)
+
+    async def _fetch(self, gap: Gap, deadline: float) -> tuple[list[BinanceAggTrade], str]:
+        if self._rest is None:
+            return [], "no REST source"
+        try:
+            trades = await asyncio.wait_for(self._rest.agg_trades(gap.symbol, gap.first_missing_id, gap.size),
+                                            timeout=max(0.0, deadline - time.monotonic()))
+        except (RestError, TimeoutError) as error:
+            self.counters.rest_errors += 1
+            return [], f"REST failed: {error}" if str(error) else "REST timed out"
+        return [t for t in trades if t.a <= gap.last_missing_id], "ids not returned by REST"
+
+    async def _fill(self, symbol: str) -> None:
+        lost_any = False
+        try:
+            await asyncio.sleep(self._settings.gap_grace_s)
+            deadline = time.monotonic() + self._settings.gap_fill_timeout_s
+            while (gap := self._sequencer.gap(symbol)) is not None:
+                recovered, problem = await self._fetch(gap, deadline)
+                # The wire may have closed part of the gap while REST was asked: start again from
+                # what is still missing rather than act on a stale range.
+                current = self._sequencer.gap(symbol)
+                if current is None or current.first_missing_id != gap.first_missing_id:
+                    continue
+                if recovered and recovered[0].a == gap.first_missing_id:
+                    received = now_ms()
+                    for wire in recovered:
+                        self._release(self._sequencer.accept(to_trade(wire, received)))
+                    self.counters.trades_filled += len(recovered)
+                    continue
+                lost_to = recovered[0].a - 1 if recovered else gap.last_missing_id
+                self._give_up(Gap(symbol, gap.first_missing_id, lost_to), problem)
+                lost_any = True
+        finally:
+            del self._tasks[symbol]
+        if lost_any:
+            self.counters.unfilled += 1
+        else:
+            self.counters.filled += 1
+
+    def _give_up(self, gap: Gap, reason: str) -> None:
+        self.counters.ids_lost += gap.size
+        log.warning("gap not fillable", extra={"event": "gap_unfilled", "symbol": gap.symbol,
+                                                "first_missing_id": gap.first_missing_id,
+                                                "last_missing_id": gap.last_missing_id, "reason": reason})
+        self._out.gap(GapEvent(gap=gap, reason=reason, detected_ms=now_ms()))
+        self._release(self._sequencer.give_up(gap.symbol, gap.last_missing_id))
+
+    async def stop(self) -> None:
+        """Shutting down: what is still missing is recorded as lost, held trades are released."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for symbol in self._sequencer.symbols():
+            while (gap := self._sequencer.gap(symbol)) is not None:
+                self._give_up(gap, "producer stopped before the gap was filled")
+                self.counters.unfilled += 1
+
+
+def _gap_telemetry(c: GapCounters) -> Telemetry:
+    return Telemetry(counters={"gaps_found": c.found, "gaps_filled": c.filled, "gaps_unfilled": c.unfilled,
+                               "trades_filled": c.trades_filled, "ids_lost": c.ids_lost,
+                               "gap_rest_errors": c.rest_errors})
+
+
+def shards(symbols: Sequence[str], size: int = MAX_STREAMS_PER_CONNECTION) -> list[list[str]]:
+    return [list(symbols[start:start + size]) for start in range(0, len(symbols), size)]
+
+
+class BinanceSource:
+    """Live aggTrades of `symbols` on one Binance market (see `markets.MARKETS`)."""
+
+    def __init__(self, settings: ProducerSettings, symbols: Sequence[str] | None = None) -> None:
+        self._settings = settings
+        self.market: Market = MARKETS[settings.market]
+        self.symbols = list(symbols if symbols is not None else settings.symbols)
+        if not self.symbols:
+            raise ValueError("the live source needs at least one symbol")
+        self.name = f"binance:{self.market.name}"
+        self.sequencer = AggregateIdSequencer()
+        self._decoder = FrameDecoder(self.name)
+        ws_url = settings.ws_base_url or self.market.ws_url
+        self.streams = [BinanceStream(settings, ws_url, shard, self._on_frame) for shard in shards(self.symbols)]
+        self._session: aiohttp.ClientSession | None = None
+        self.rest: BinanceRest | None = None
+        self.gaps: GapFiller | None = None
+        self._out: Output | None = None
+
+    async def setup(self) -> None:
+        settings = self._settings
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        budget = WeightBudget(settings.rest_weight_budget_per_min or self.market.weight_per_minute)
+        self.rest = BinanceRest(self._session, self.market, settings.rest_base_url or self.market.rest_url, budget)
+
+    def _on_frame(self, raw: str | bytes) -> bool:
+        """A frame from any connection; True when it held an aggTrade (that keeps its watchdog quiet)."""
+        out, gaps = self._out, self.gaps
+        assert out is not None and gaps is not None
+        trade = self._decoder.decode(raw, out)
+        if trade is None:
+            return False
+        for ready in self.sequencer.accept(trade):
+            out.trade(ready)
+        if self.sequencer.held_count(trade.symbol):
+            gaps.notice(trade.symbol)
+        return True
+
+    async def run(self, out: Output, stop: asyncio.Event) -> None:
+        self._out = out
+        self.gaps = GapFiller(self._settings, self.sequencer, self.rest, out)
+        running = [asyncio.create_task(stream.run(stop)) for stream in self.streams]
+        try:
+            # A stream only ends when stopped, or by a bug in the frame path: that must surface.
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            stop.set()
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+    def gaps_pending(self) -> bool:
+        return self.gaps is not None and self.gaps.pending
+
+    async def stop(self) -> None:
+        if self.gaps is not None:
+            await self.gaps.stop()
+        if self._session is not None:
+            with contextlib.suppress(aiohttp.ClientError):
+                await self._session.close()
+
+    def connected(self) -> bool:
+        return all(stream.connected for stream in self.streams)
+
+    def problem(self) -> str | None:
+        if self.connected():
+            return None
+        return next((s.stats.last_refusal for s in self.streams if s.stats.last_refusal), None)
+
+    def telemetry(self) -> Telemetry:
+        totals = {"ws_connects": 0, "ws_reconnects": 0, "ws_connect_failures": 0, "ws_server_closes": 0,
+                  "ws_stalls": 0, "ws_rotations": 0}
+        reasons: dict[str, float] = {}
+        refusals: dict[str, float] = {}
+        for stream in self.streams:
+            stats = stream.stats
+            for name, value in (("ws_connects", stats.connects), ("ws_reconnects", stats.reconnects),
+                                ("ws_connect_failures", stats.connect_failures),
+                                ("ws_server_closes", stats.server_closes), ("ws_stalls", stats.stalls),
+                                ("ws_rotations", stats.rotations)):
+                totals[name] += value
+            for reason, count in stats.reconnect_reasons.items():
+                reasons[reason] = reasons.get(reason, 0) + count
+            for status, count in stats.refusals.items():
+                refusals[status] = refusals.get(status, 0) + count
+        parts = [self._decoder.telemetry(), Telemetry(
+            counters={**totals, "duplicates": self.sequencer.duplicates.total()},
+            labelled_counters={("reconnects", "reason"): reasons, ("ws_refusals", "status"): refusals},
+            gauges={"ws_connections": sum(stream.connected for stream in self.streams),
+                    "ws_connections_wanted": len(self.streams)})]
+        gaps = _gap_telemetry(self.gaps.counters if self.gaps is not None else GapCounters())
+        rest = self.rest.telemetry() if self.rest is not None else Telemetry()
+        return merge(*parts, gaps, rest)

@@ -1,0 +1,191 @@
+"""Binance `aggTrade` on the wire: one frozen msgspec struct per message, decoders built once.
+
+A websocket frame of the combined stream (live and in recordings):
+
+    {"stream": "btcusdt@aggTrade",
+     "data": {"e": "aggTrade", "E": 1617647797640, "s": "BTCUSDT", "a": 9445517, "p": "0.69067",
+              "q": "369", "f": 12821738, "l": 12821738, "T": 1617647797485, "m": true}}
+
+One element of REST `GET /fapi/v1/aggTrades` (no e, E, s):
+
+    {"a": 26129, "p": "0.01633102", "q": "4.70443515", "f": 27781, "l": 27781, "T": 1498793709153, "m": true}
+
+The checks live in the struct types (msgspec validates while it decodes), so decoding is validation:
+a frame either becomes a `BinanceAggTrade` or is refused with the field and the reason. Field names
+keep Binance's letters. Unknown keys (`M` on spot, `st` on current USD-M frames) are ignored on purpose:
+Binance adds fields without notice and rejecting them would turn a schema extension into an outage.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+import msgspec
+
+from pulse.model import Trade
+
+# Binance's own symbol rule (`^[A-Z0-9-_.]{1,20}$`): quarterly USD-M contracts are `BTCUSDT_260327`,
+# COIN-M ones `BTCUSD_PERP`.
+SYMBOL_PATTERN = r"^[A-Z0-9_.\-]{1,20}$"
+Symbol = Annotated[str, msgspec.Meta(pattern=SYMBOL_PATTERN)]
+# A decimal string > 0: digits with at least one non-zero; no sign, exponent, NaN or infinity.
+PositiveDecimal = Annotated[str, msgspec.Meta(pattern=r"^(?=[0-9.]*[1-9])[0-9]+(?:\.[0-9]+)?$")]
+Id = Annotated[int, msgspec.Meta(ge=0)]
+EpochMs = Annotated[int, msgspec.Meta(ge=0)]
+
+_is_symbol = re.compile(SYMBOL_PATTERN).match
+
+
+class InvalidFrame(ValueError):
+    """A frame that cannot become a trade; `reason` is what goes to the dead-letter topic."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class NotATrade(Exception):
+    """A well-formed frame of another stream (depth, bookTicker, kline...): skipped, not an error."""
+
+
+class BinanceAggTrade(msgspec.Struct, frozen=True):
+    e: Literal["aggTrade"]  # event type
+    E: EpochMs  # event time (exchange send time)
+    s: Symbol  # symbol, e.g. "BTCUSDT"
+    a: Id  # aggregate trade id, consecutive per symbol
+    p: PositiveDecimal  # price
+    q: PositiveDecimal  # quantity (USD-M: includes RPI orders)
+    f: Id  # first trade id in the aggregate
+    l: Id  # last trade id in the aggregate  # noqa: E741 - Binance's letter
+    T: EpochMs  # trade time: the pipeline's event time
+    m: bool  # buyer is the maker: true means the taker SOLD
+    nq: PositiveDecimal | None = None  # USD-M only: quantity without RPI orders
+
+    def __post_init__(self) -> None:
+        if self.l < self.f:
+            raise ValueError(f"last trade id {self.l} precedes first trade id {self.f}")
+
+
+class _Envelope(msgspec.Struct, frozen=True):
+    stream: str
+    data: msgspec.Raw
+
+
+class _TradeEnvelope(msgspec.Struct, frozen=True):
+    """The frame nearly all traffic is: decoded and checked in one pass."""
+
+    stream: str
+    data: BinanceAggTrade
+
+
+class _Reply(msgspec.Struct, frozen=True):
+    """`{"result": null, "id": 1}`: the answer to a SUBSCRIBE request."""
+
+    id: int | str
+
+
+class RestAggTrade(msgspec.Struct, frozen=True):
+    a: Id
+    p: PositiveDecimal
+    q: PositiveDecimal
+    f: Id
+    l: Id  # noqa: E741 - Binance's letter
+    T: EpochMs
+    m: bool
+
+
+_trade_envelope = msgspec.json.Decoder(_TradeEnvelope)
+_envelope = msgspec.json.Decoder(_Envelope)
+_agg_trade = msgspec.json.Decoder(BinanceAggTrade)
+_reply = msgspec.json.Decoder(_Reply)
+_rest_page = msgspec.json.Decoder(list[RestAggTrade])
+_any = msgspec.json.Decoder()
+
+
+def _reason(error: msgspec.MsgspecError) -> str:
+    """msgspec's "Expected `int`, got `str` - at `$.a`" as "field 'a': expected `int`, got `str`"."""
+    message = str(error)
+    text, _, where = message.rpartition(" - at `")
+    if not text:
+        return f"payload: {message[0].lower()}{message[1:]}"
+    field = where.rstrip("`").removeprefix("$").lstrip(".")
+    if "matching regex" in text:
+        text = ("must be a Binance symbol (A-Z 0-9 _ . -, 1 to 20 long)" if field == "s"
+                else "must be a decimal string > 0")
+    return f"field {field!r}: {text[0].lower()}{text[1:]}"
+
+
+def _decode_payload(raw: bytes | str | msgspec.Raw) -> BinanceAggTrade:
+    try:
+        return _agg_trade.decode(raw)
+    except msgspec.ValidationError as error:
+        raise InvalidFrame(_reason(error)) from None
+
+
+def decode_frame(raw: str | bytes, default_symbol: str | None = None) -> BinanceAggTrade:
+    """One websocket frame: a combined-stream envelope, or a bare aggTrade payload.
+
+    Raises `NotATrade` for frames of other streams and `InvalidFrame` for anything broken.
+    `default_symbol` names the symbol of recordings whose payloads carry none.
+    """
+    if default_symbol is None:
+        try:
+            return _trade_envelope.decode(raw).data
+        except msgspec.DecodeError:
+            pass  # anything else takes the path below, which names what it is
+    try:
+        envelope = _envelope.decode(raw)
+    except msgspec.ValidationError:
+        envelope = None  # not an envelope: a bare payload, a reply or something broken
+    except msgspec.DecodeError as error:
+        raise InvalidFrame(f"not JSON: {error}") from None
+    if envelope is not None:
+        if not envelope.stream.endswith("@aggTrade"):
+            raise NotATrade(envelope.stream)
+        return _with_symbol(envelope.data, default_symbol)
+    try:
+        _reply.decode(raw)
+    except msgspec.ValidationError:
+        return _with_symbol(raw, default_symbol)
+    raise NotATrade("subscription reply")
+
+
+def _with_symbol(raw: bytes | str | msgspec.Raw, default_symbol: str | None) -> BinanceAggTrade:
+    if default_symbol is None:
+        return _decode_payload(raw)
+    # Rare path (recordings without `s`): look before decoding, so the struct still checks everything.
+    payload = _any.decode(raw)
+    if isinstance(payload, dict) and "s" not in payload:
+        payload["s"] = default_symbol.upper()
+        return _decode_payload(msgspec.json.encode(payload))
+    return _decode_payload(raw)
+
+
+def decode_rest_page(body: bytes, symbol: str) -> list[BinanceAggTrade]:
+    """A REST aggTrades reply as wire records in id order; REST carries no event time, so E = T."""
+    if not _is_symbol(symbol):
+        raise InvalidFrame(f"symbol {symbol!r} does not match Binance's pattern {SYMBOL_PATTERN}")
+    try:
+        page = _rest_page.decode(body)
+    except msgspec.DecodeError as error:  # ValidationError included
+        raise InvalidFrame(f"REST aggTrades reply: {_reason(error)}") from None
+    return sorted((BinanceAggTrade(e="aggTrade", E=item.T, s=symbol, a=item.a, p=item.p, q=item.q, f=item.f,
+                                   l=item.l, T=item.T, m=item.m) for item in page), key=lambda trade: trade.a)
+
+
+def to_trade(wire: BinanceAggTrade, ingest_time_ms: int) -> Trade:
+    """The one conversion from Binance's wire record to the domain record."""
+    return Trade(
+        symbol=wire.s,
+        agg_trade_id=wire.a,
+        price=float(wire.p),
+        quantity=float(wire.q),
+        first_trade_id=wire.f,
+        last_trade_id=wire.l,
+        trade_time_ms=wire.T,
+        event_time_ms=wire.E,
+        buyer_is_maker=wire.m,
+        ingest_time_ms=ingest_time_ms,
+        quantity_no_rpi=float(wire.nq) if wire.nq is not None else None,
+    )

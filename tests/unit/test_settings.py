@@ -1,0 +1,48 @@
+"""One settings object: overrides are validated like the environment, markets are data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from pulse.resources import bundled_recording, schema_dir
+from pulse.settings import PulseSettings
+from pulse.source.binance.markets import MARKETS
+
+
+def test_override_validates_and_keeps_the_rest():
+    base = PulseSettings(_env_file=None)  # type: ignore[call-arg]
+    changed = base.override(data_dir=Path("/tmp/x"), spark={"trigger_ms": 250},
+                            producer={"symbols": "btcusdt,BTCUSDT_260327", "market": "spot"})
+    assert (changed.data_dir, changed.spark.trigger_ms, changed.spark.watermark_s) == (Path("/tmp/x"), 250, 2.0)
+    assert changed.producer.symbols == ["BTCUSDT", "BTCUSDT_260327"] and changed.producer.market == "spot"
+    assert base.spark.trigger_ms == 500, "the original is untouched"
+    with pytest.raises(ValidationError, match="trigger_ms"):
+        base.override(spark={"trigger_ms": 1})
+    with pytest.raises(ValidationError, match="market"):
+        base.override(producer={"market": "options"})
+    with pytest.raises(ValueError, match="unknown setting 'sparks'"):
+        base.override(sparks={})
+
+
+def test_environment_is_read_once_with_the_prefix(monkeypatch):
+    monkeypatch.setenv("PULSE_SPARK__TRIGGER_MS", "100")
+    monkeypatch.setenv("PULSE_PRODUCER__SYMBOLS", "ethusdt,btcusdt")
+    settings = PulseSettings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.spark.trigger_ms == 100 and settings.producer.symbols == ["ETHUSDT", "BTCUSDT"]
+
+
+def test_every_market_has_its_endpoints_and_limits():
+    assert set(MARKETS) == {"usdm", "spot", "coinm"}
+    for name, market in MARKETS.items():
+        assert market.name == name and market.ws_url.startswith("wss://") and market.rest_url.startswith("https://")
+        assert market.agg_trades_path.endswith("/aggTrades") and market.exchange_info_path.endswith("/exchangeInfo")
+        assert market.weight_per_minute >= 20 * market.agg_trades_weight
+
+
+def test_the_package_carries_its_schema_and_recording():
+    assert PulseSettings(_env_file=None).schema_dir == schema_dir()  # type: ignore[call-arg]
+    assert sorted(p.name for p in schema_dir().glob("*.sql"))[0] == "01_pulse_metrics.sql"
+    assert bundled_recording().stat().st_size > 1_000_000
