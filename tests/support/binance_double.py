@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,22 +27,14 @@ from urllib.parse import parse_qs, urlsplit
 from aiohttp import web
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 
-_PREFIX = re.compile(r"^\d+(\.\d+)?: ")
+from tests.support.recordings import recorded_payloads
+
 _REST_KEYS = ("a", "p", "q", "f", "l", "T", "m")
 
 
 def agg_trades_from_recording(path: Path) -> list[dict[str, Any]]:
-    """The aggTrade payloads of a cryptofeed `.raw` recording, in file order, as Binance sent them."""
-    payloads = []
-    for raw_line in path.read_text().splitlines():
-        line = _PREFIX.sub("", raw_line.strip(), count=1)
-        if not line.startswith("{"):
-            continue
-        frame = json.loads(line)
-        data = frame.get("data", frame)
-        if isinstance(data, dict) and data.get("e") == "aggTrade":
-            payloads.append(data)
-    return payloads
+    """The aggTrade payloads of a recording, in file order, as Binance sent them."""
+    return list(recorded_payloads(path))
 
 
 @dataclass(frozen=True)

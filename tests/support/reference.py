@@ -7,15 +7,12 @@ the code under test cannot hide in a shared helper.
 
 from __future__ import annotations
 
-import csv
-import json
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-_PREFIX = re.compile(r"^\d+(\.\d+)?: ")
+from tests.support.recordings import recorded_payloads
 
 
 @dataclass(frozen=True)
@@ -29,24 +26,8 @@ class RefTrade:
 
 
 def trades_from_recording(path: Path, symbol: str | None = None) -> list[RefTrade]:
-    trades = []
-    for raw_line in path.read_text().splitlines():
-        line = _PREFIX.sub("", raw_line.strip(), count=1)
-        if line.startswith("{"):
-            frame = json.loads(line)
-            data = frame.get("data", frame)
-            if data.get("e") != "aggTrade":
-                continue
-            trades.append(RefTrade(data.get("s", symbol), int(data["a"]), Decimal(data["p"]), Decimal(data["q"]),
-                                   int(data["T"]), bool(data["m"])))
-        elif line[:1].isdigit():
-            row = next(csv.reader([line]))
-            time_value = int(row[5])
-            if time_value > 10**14:
-                time_value //= 1000
-            trades.append(RefTrade(symbol or "", int(row[0]), Decimal(row[1]), Decimal(row[2]), time_value,
-                                   row[6].strip().lower() == "true"))
-    return trades
+    return [RefTrade(data["s"], int(data["a"]), Decimal(data["p"]), Decimal(data["q"]), int(data["T"]), bool(data["m"]))
+            for data in recorded_payloads(path, symbol)]
 
 
 @dataclass(frozen=True)
