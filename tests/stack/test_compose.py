@@ -289,3 +289,12 @@ def test_docs_list_every_published_port() -> None:
         assert url in quickstart
     for variable in ("GRAFANA_ADMIN_PASSWORD", "CLICKHOUSE_READER_PASSWORD", "JUPYTER_TOKEN"):
         assert variable in quickstart
+
+
+def test_processor_healthcheck_fails_where_no_job_runs() -> None:
+    """Executed on this machine, where no Pulse job serves /health: the check must fail, not match itself."""
+    test = services()["processor"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"]
+    result = subprocess.run([sys.executable, "-c", test[3]], capture_output=True, timeout=30, check=False)
+    assert result.returncode != 0
+    assert "/health" in test[3], "health must mean the job's own report, not a process being there"

@@ -1,0 +1,93 @@
+"""The job's /health, as the docker stack's healthcheck uses it: healthy while both queries run and
+report progress; unhealthy when a query failed or stopped. The compose healthcheck command itself
+is executed against the real job (its port swapped for the test's)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import yaml
+
+from pulse.pipeline import Pipeline
+from pulse.storage.clickhouse import ClickHouseTransport
+from pulse.storage.sinks import PulseSinks
+from tests.support.topic_writer import trade_message, write_messages
+
+pytestmark = pytest.mark.integration
+COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
+
+
+def compose_healthcheck(port: int) -> int:
+    """Run the processor's compose healthcheck command here, aimed at `port`; its exit code."""
+    test = yaml.safe_load(COMPOSE.read_text())["services"]["processor"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"] and "9109" in test[3]
+    return subprocess.run([sys.executable, "-c", test[3].replace("9109", str(port))], capture_output=True,
+                          timeout=30, check=False).returncode
+
+
+def health(port: int) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def wait_for(port: int, status: int, until: Callable[[dict[str, Any]], bool] = lambda _: True,
+             timeout_s: float = 90) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        code, body = health(port)
+        if code == status and until(body):
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"/health stayed {code} {body}, expected {status}")
+        time.sleep(0.25)
+
+
+def _one_trade(settings: Any, kafka: Any) -> None:
+    write_messages(kafka.bootstrap, settings.kafka.trades_topic,
+                   [trade_message("BTCUSDT", 1, 100.0, 1.0, int(time.time() * 1000), False)])
+
+
+def test_running_job_is_healthy_and_a_stopped_query_is_not(kafka, spark, database, settings):
+    with Pipeline(settings) as run:
+        queries = run.start_job()
+        port = run.serve_job_health()
+        _one_trade(settings, kafka)
+        body = wait_for(port, 200)
+        assert body["queries"] == {"pulse_metrics": True, "pulse_rejects": True}
+        assert compose_healthcheck(port) == 0
+        queries.rejects.stop()
+        body = wait_for(port, 503, until=lambda b: b["queries"]["pulse_rejects"] is False, timeout_s=10)
+        assert body["queries"]["pulse_metrics"] is True and body["ready"] is False
+        assert compose_healthcheck(port) != 0
+
+
+class _BrokenSink:
+    def write(self, batch: pa.Table) -> None:
+        raise RuntimeError("ClickHouse refused the insert")
+
+
+def test_a_failed_query_makes_the_job_unhealthy(kafka, spark, database, settings):
+    def sinks(transport: ClickHouseTransport) -> PulseSinks:
+        working = PulseSinks.clickhouse(transport)
+        return PulseSinks(metrics=_BrokenSink(), rejects=working.rejects, health=working.health)
+
+    with Pipeline(settings, sinks=sinks) as run:
+        queries = run.start_job()
+        port = run.serve_job_health()
+        _one_trade(settings, kafka)
+        wait_for(port, 503, until=lambda b: b["queries"]["pulse_metrics"] is False)
+        assert queries.metrics.exception() is not None
+        assert compose_healthcheck(port) != 0
