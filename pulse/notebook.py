@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pulse.pipeline import Background, Pipeline
-from pulse.settings import PulseSettings
+from pulse.resources import bundled_recording
+from pulse.settings import PulseSettings, SignalSettings
 from pulse.source.replay import ReplaySource
 from pulse.storage.clickhouse import ClickHouseTransport
 
@@ -35,6 +36,9 @@ WHERE symbol = {symbol}
 ORDER BY window_start DESC
 LIMIT {limit}
 """
+
+# Dead bands to sweep: relative to the price (avg vs VWAP) and to the window's volume (buy vs sell).
+DEADBANDS = [(0.0, 0.0), (1e-5, 0.0), (5e-5, 0.0), (0.0, 0.1), (1e-5, 0.1), (5e-5, 0.1), (1e-4, 0.3)]
 
 SIGNAL_COLOURS = {"STRONG BUY": "#1a9850", "ACCUMULATING": "#91cf60", "NEUTRAL": "#999999",
                   "DISTRIBUTING": "#fc8d59", "STRONG SELL": "#d73027"}
@@ -115,9 +119,78 @@ class PulseSession:
                 return frame
             time.sleep(refresh_s)
 
+    def signal_quality(self) -> DataFrame:
+        """Hit rate and mean forward return per signal and horizon over this run (pulse_signal_quality)."""
+        frame: DataFrame = self.transport.query_arrow(
+            # All symbols together, each weighted by its windows; aliases differ from the view's columns.
+            "SELECT signal, horizon_s, sum(q.signals) AS windows,"
+            " round(sum(q.mean_return_bps * q.signals) / windows, 3) AS return_bps,"
+            " round(sum(q.hit_rate_pct * q.signals) / windows, 1) AS hit_pct"
+            " FROM pulse_signal_quality AS q GROUP BY signal, horizon_s ORDER BY signal, horizon_s").to_pandas()
+        return frame
+
+    def deadband_sweep(self, bands: list[tuple[float, float]] = DEADBANDS) -> DataFrame:
+        """Signal count and hit rate per dead-band setting, over this run's windows and outcomes.
+
+        Each setting re-classifies the windows with the job's own signal rule (the Spark column
+        builder); the forward prices come from pulse_signal_outcomes, which do not depend on it.
+        """
+        from pyspark.sql import functions as F  # noqa: PLC0415 - Spark only where a notebook sweeps
+
+        from pulse.compute.columns import signal_column  # noqa: PLC0415
+
+        outcomes = self.transport.query_arrow(
+            "SELECT o.horizon_s AS horizon_s, o.close AS close, o.forward_price AS forward_price,"
+            " m.avg_price_1_sec AS avg_price, m.vwap AS vwap, m.buy_volume AS buy_volume, m.sell_volume AS sell_volume"
+            " FROM pulse_signal_outcomes AS o INNER JOIN pulse_metrics_latest AS m"
+            " ON o.symbol = m.symbol AND o.window_start = m.window_start").to_pandas()
+        spark = self.pipeline.spark_session()
+        if outcomes.empty:
+            return outcomes
+        windows = spark.createDataFrame(outcomes)
+        rows = []
+        for price_band, delta_band in bands:
+            signal = signal_column(F.col("avg_price"), F.col("vwap"), F.col("buy_volume"), F.col("sell_volume"),
+                                   SignalSettings(price_deadband_rel=price_band, delta_deadband_rel=delta_band))
+            up = signal.isin("STRONG BUY", "ACCUMULATING")
+            down = signal.isin("STRONG SELL", "DISTRIBUTING")
+            hit = (up & (F.col("forward_price") > F.col("close"))) | (down & (F.col("forward_price") < F.col("close")))
+            for row in windows.groupBy("horizon_s").agg(
+                    F.sum((up | down).cast("int")).alias("signals"), F.sum(hit.cast("int")).alias("hits")).collect():
+                rows.append({"price_deadband_rel": price_band, "delta_deadband_rel": delta_band,
+                             "horizon_s": row["horizon_s"], "signals": row["signals"],
+                             "hit_rate_pct": round(100 * row["hits"] / row["signals"], 1) if row["signals"] else None})
+        import pyarrow as pa  # noqa: PLC0415
+
+        table: DataFrame = pa.Table.from_pylist(rows).to_pandas()
+        return table.sort_values(["horizon_s", "price_deadband_rel", "delta_deadband_rel"]).reset_index(drop=True)
+
     def stop(self) -> None:
         """Stop the replay, the queries, Spark, the store and the embedded broker (if started here)."""
         self.pipeline.stop()
+
+
+NOTEBOOK_DATABASE = "pulse_notebook"
+
+
+def notebook_settings(settings: PulseSettings, recording: Path | None = None) -> tuple[PulseSettings, Path | None]:
+    """What a notebook runs against, and the recording it replays (None: none).
+
+    Without a broker in the settings, everything is embedded and the notebook replays `recording`
+    (default: the bundled one) from the start. With one (the docker stack), it never touches what the
+    processor owns: it writes into its own database and watches the live topic from `latest`; a
+    recording is replayed only when asked for, into a topic of its own, never into the live one.
+    """
+    if not settings.kafka.bootstrap_servers:
+        return settings.override(spark={"starting_offsets": "earliest"}), recording or bundled_recording()
+    changes: dict[str, Any] = {"clickhouse": {"database": NOTEBOOK_DATABASE, "apply_schema": True}}
+    if recording is None:
+        changes["spark"] = {"starting_offsets": "latest"}
+        return settings.override(**changes), None
+    topic = f"pulse.notebook.replay.{time.strftime('%Y%m%d%H%M%S')}"
+    changes["kafka"] = {"trades_topic": topic, "dead_letter_topic": f"{topic}.dlq", "gaps_topic": f"{topic}.gaps"}
+    changes["spark"] = {"starting_offsets": "earliest"}
+    return settings.override(**changes), recording
 
 
 def start_session(settings: PulseSettings, fresh: bool = True) -> PulseSession:
@@ -163,4 +236,24 @@ def window_chart(frame: DataFrame) -> Figure:
     colours = ["#1a9850" if value >= 0 else "#d73027" for value in frame["net_delta"]]
     delta_axes.bar(times, frame["net_delta"], width=1 / 86_400 * 0.8, color=colours)
     delta_axes.set_ylabel("net delta")
+    return figure
+
+
+def sweep_chart(sweep: DataFrame) -> Figure:
+    """Hit rate (bars) and signal count (line) per dead-band setting, one panel per horizon."""
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    horizons = sorted(sweep["horizon_s"].unique())
+    figure = Figure(figsize=(10, 3 * max(1, len(horizons))), constrained_layout=True)
+    for axes, horizon in zip(figure.subplots(len(horizons), 1, squeeze=False)[:, 0], horizons, strict=True):
+        rows = sweep[sweep["horizon_s"] == horizon]
+        labels = [f"{p:g} / {d:g}" for p, d in zip(rows["price_deadband_rel"], rows["delta_deadband_rel"],
+                                                     strict=True)]
+        axes.bar(labels, rows["hit_rate_pct"].fillna(0), color="#4575b4")
+        axes.axhline(50, color="#999999", linestyle=":")
+        axes.set_ylabel(f"hit rate % ({horizon} s)")
+        counts = axes.twinx()
+        counts.plot(labels, rows["signals"], color="#d73027", marker="o")
+        counts.set_ylabel("signals")
+    figure.suptitle("Dead bands (price / volume): hit rate and signal count")
     return figure

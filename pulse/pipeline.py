@@ -26,7 +26,7 @@ from pulse.compute.progress import IdleTracker, caught_up, reached
 from pulse.producer import ProducerService
 from pulse.settings import PulseSettings
 from pulse.source.base import Source
-from pulse.storage.clickhouse import ChdbEngine, ClickHouseTransport, apply_schema, open_transport
+from pulse.storage.clickhouse import ChdbEngine, ChdbTransport, ClickHouseTransport, apply_schema, open_transport
 from pulse.storage.sinks import PulseSinks
 from pulse.telemetry import Telemetry, serve_in_thread, start_metrics_server
 
@@ -72,6 +72,7 @@ class Pipeline:
         self._topics_ready = False
         self._transport: ClickHouseTransport | None = None
         self._owns_engine = False
+        self._drop_database = False
         self._spark: Any = None
         self._owns_spark = False
         self.queries: PulseQueries | None = None
@@ -82,19 +83,19 @@ class Pipeline:
     # -- the parts, each started once, on first use -------------------------------------------
 
     def reset(self) -> None:
-        """Forget the previous run under the data directory: broker log, checkpoints and store.
+        """Forget the previous run: its checkpoints, the embedded broker's log, its chDB database.
 
-        A replay into old state would count its trades twice. Only for a pipeline that runs its
-        own embedded broker and chDB store; shared infrastructure is never wiped.
+        A replay into old state would count its trades twice. Shared infrastructure is never wiped:
+        a broker named in settings keeps its topics, a ClickHouse server its tables, and in the
+        chDB store only this run's database goes (other databases in it stay).
         """
         settings = self.settings
         folders = [settings.checkpoint_dir]
         if not settings.kafka.bootstrap_servers:
             folders.append(settings.data_dir / "kafka")
-        if settings.clickhouse.transport == "chdb":
-            folders.append(settings.chdb_path)
         for folder in folders:
             shutil.rmtree(folder, ignore_errors=True)
+        self._drop_database = settings.clickhouse.transport == "chdb"
 
     @property
     def bootstrap(self) -> str:
@@ -129,6 +130,8 @@ class Pipeline:
             where = self.settings.chdb_path if ch.transport == "chdb" else f"{ch.host}:{ch.port}"
             self._say(f"opening ClickHouse ({ch.transport}) at {where}, database {ch.database}")
             self._transport = open_transport(ch, self.settings.chdb_path)
+            if isinstance(self._transport, ChdbTransport) and self._drop_database:
+                self._transport.recreate()
             if ch.transport == "chdb" or ch.apply_schema:
                 apply_schema(self._transport, self.settings.schema_dir)
         return self._transport

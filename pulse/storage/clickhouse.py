@@ -102,6 +102,15 @@ class ChdbTransport:
         with self.engine.lock:
             self.engine._session.query(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)}")
 
+    def recreate(self) -> None:
+        """Drop this database and start it empty (a fresh run); the store's other databases stay."""
+        name = quote_identifier(self.database)
+        with self.engine.lock:
+            # USE another database first: the session must not stand in the one it drops.
+            self.engine._session.query("USE system")
+            self.engine._session.query(f"DROP DATABASE IF EXISTS {name}")
+            self.engine._session.query(f"CREATE DATABASE {name}")
+
     def command(self, sql: str) -> None:
         self.engine.query(sql, self.database)
 

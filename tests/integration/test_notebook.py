@@ -1,13 +1,18 @@
-"""notebooks/pulse.ipynb executed headless (nbclient, the `pulse` kernel) on a real recording.
+"""notebooks/pulse.ipynb executed headless (nbclient, the `pulse` kernel), as in the docker stack.
 
-The kernel is its own process with its own Spark and chDB store (in its data directory); it reads
-the shared test broker through a fresh topic. After it stopped, the windows it wrote are read with
-`pulse sql` and compared with the independent reference.
+The kernel is its own process with its own Spark and chDB store (in its data directory). As in the
+stack, it is given an external broker (the shared test broker) whose live topic it must not write
+to, and a store in which the processor's database already holds data that it must not touch. It
+replays a real recording into a topic of its own and writes into its own database; after it
+stopped, those windows are read with `pulse sql` and compared with the independent reference.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -15,6 +20,7 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from nbclient import NotebookClient
 
+from pulse.broker.local_kafka import end_offsets
 from tests.support.processor_process import WINDOWS_SQL, pulse_env, pulse_sql
 from tests.support.recordings import USDM_RAW, recording
 from tests.support.reference import reference_windows, trades_from_recording
@@ -27,6 +33,15 @@ NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "pulse.ipynb"
 def _outputs(notebook: nbformat.NotebookNode, mime: str) -> int:
     return sum(1 for cell in notebook.cells if cell.cell_type == "code"
                for output in cell.get("outputs", []) if mime in output.get("data", {}))
+
+
+SEED = ("from pathlib import Path; import sys; from pulse.resources import schema_dir;"
+        " from pulse.storage.clickhouse import ChdbTransport, apply_schema;"
+        " t = ChdbTransport(Path(sys.argv[1]), 'pulse'); apply_schema(t, schema_dir());"
+        " t.command(\"INSERT INTO pulse_metrics (symbol, window_start, window_end, trade_count, version)"
+        " VALUES ('PROCESSORUSDT', toDateTime64(1700000000, 3, 'UTC'), toDateTime64(1700000001, 3, 'UTC'), 7, 1)\");"
+        " t.close()")
+PROCESSOR_ROWS = "SELECT symbol, trade_count, version FROM pulse.pulse_metrics"
 
 
 def test_the_notebook_runs_headless_and_writes_the_reference_windows(kafka, topics, tmp_path, monkeypatch):
@@ -44,6 +59,11 @@ def test_the_notebook_runs_headless_and_writes_the_reference_windows(kafka, topi
     ).items():
         monkeypatch.setenv(name, value)
 
+    # The processor's database, already holding a window, in the store the notebook opens.
+    subprocess.run([sys.executable, "-c", SEED, str(data_dir / "chdb")], env=pulse_env(), check=True, timeout=120)
+    before = pulse_sql(data_dir, PROCESSOR_ROWS)
+    assert [(row["symbol"], int(row["trade_count"])) for row in before] == [("PROCESSORUSDT", 7)]
+
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     (parameters,) = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
     parameters.source += f"\nRECORDING = {str(path)!r}\nSPEED = None\nLIVE_SECONDS = 150\n"
@@ -54,8 +74,17 @@ def test_the_notebook_runs_headless_and_writes_the_reference_windows(kafka, topi
     assert _outputs(notebook, "image/png") >= 1, "the live view drew no chart"
     assert _outputs(notebook, "text/html") >= 3, "the tables are missing"
 
+    assert pulse_sql(data_dir, PROCESSOR_ROWS) == before, "the notebook touched the processor's tables"
+    live_topic = asyncio.run(end_offsets(kafka.bootstrap, topics.trades_topic))
+    assert sum(live_topic.values()) == 0, "the notebook wrote into the live topic"
+    html = "".join(str(output.get("data", {}).get("text/html", "")) for cell in notebook.cells
+                   if cell.cell_type == "code" for output in cell.get("outputs", []))
+    assert "hit_rate_pct" in html and "delta_deadband_rel" in html, "the signal-quality section shows nothing"
+    assert _outputs(notebook, "image/png") >= 2, "the live view or the dead-band sweep drew no chart"
+
     reference = reference_windows(trades_from_recording(path))
-    rows = pulse_sql(data_dir, WINDOWS_SQL)
+    own = WINDOWS_SQL.replace("FROM pulse_metrics_latest", "FROM pulse_notebook.pulse_metrics_latest")
+    rows = pulse_sql(data_dir, own)
     assert {(r["symbol"], int(r["window_start_ms"])) for r in rows} == set(reference)
     for row in rows:
         want = reference[(row["symbol"], int(row["window_start_ms"]))]

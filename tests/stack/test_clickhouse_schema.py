@@ -62,6 +62,7 @@ def test_schema_file_runs_on_chdb(upto: int, chdb_engine: ChdbEngine, base_setti
 
 def _render_users(writer: str, reader: str, database: str, writer_hash: str, reader_hash: str) -> str:
     return (USERS_TEMPLATE.read_text().replace("__DATABASE__", database)
+            .replace("__NOTEBOOK_DATABASE__", "pulse_notebook")
             .replace("__WRITER_USER__", writer).replace("__WRITER_SHA256__", writer_hash)
             .replace("__READER_USER__", reader).replace("__READER_SHA256__", reader_hash))
 
@@ -71,7 +72,9 @@ def test_users_and_grants_parse(chdb_engine: ChdbEngine, base_settings: PulseSet
     sql = _render_users("pulse_writer", "pulse_reader", "pulse", "ab" * 32, "cd" * 32)
     statements = split_statements(sql)
     assert not re.search(r"__[A-Z][A-Z0-9_]*__", "\n".join(statements)), "a placeholder is left"
-    assert len(statements) == 5
+    assert len(statements) == 7
+    # The notebook writes into a database of its own, never into the processor's.
+    assert any("ON pulse_notebook.* TO pulse_writer" in statement for statement in statements)
     for statement in statements:
         assert SERVER_ONLY.match(statement), statement
         # Parsed, not executed: chDB has no access control to create users in.
@@ -80,8 +83,8 @@ def test_users_and_grants_parse(chdb_engine: ChdbEngine, base_settings: PulseSet
         transport.query_text("EXPLAIN AST GRANT SELEKT ON pulse.* TO pulse_writer", "TSV")
 
 
-def _granted(template: str, user: str) -> set[str]:
-    (privileges,) = re.findall(rf"GRANT (.+?) ON \S+ TO {user};", template)
+def _granted(template: str, user: str, database: str = "__DATABASE__") -> set[str]:
+    (privileges,) = re.findall(rf"GRANT (.+?) ON {database}\.\* TO {user};", template)
     return {p.strip().upper() for p in privileges.split(",")}
 
 
@@ -102,6 +105,9 @@ def test_grants_cover_what_each_user_does() -> None:
                 pytest.fail(f"{path.name}: no grant mapping for {words[:60]!r}: extend the writer's grants")
     assert needed <= _granted(template, "__WRITER_USER__")
     assert _granted(template, "__READER_USER__") == {"SELECT"}
+    # The notebook applies the same schema files in its own database, as the writer.
+    assert needed <= _granted(template, "__WRITER_USER__", "__NOTEBOOK_DATABASE__")
+    assert _granted(template, "__READER_USER__", "__NOTEBOOK_DATABASE__") == {"SELECT"}
     assert "readonly = 2" in template
 
 
