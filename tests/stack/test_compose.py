@@ -298,3 +298,9 @@ def test_processor_healthcheck_fails_where_no_job_runs() -> None:
     result = subprocess.run([sys.executable, "-c", test[3]], capture_output=True, timeout=30, check=False)
     assert result.returncode != 0
     assert "/health" in test[3], "health must mean the job's own report, not a process being there"
+
+
+def test_the_top_level_names_users_expect_are_there() -> None:
+    for name in ("docker-compose.yml", "producer", "notebooks", "clickhouse", "grafana", "docs", "tests",
+                 "requirements.txt", "README.md"):
+        assert (ROOT / name).exists(), f"{name} is gone: users and docs expect it at the top level"

@@ -210,7 +210,8 @@ def pins(path: Path, *, includes: bool = False) -> dict[str, str]:
 
 
 def role_files() -> list[Path]:
-    return sorted((ROOT / "docker").glob("requirements-*.txt"))
+    # The producer's list lives in producer/, the folder users know it by; the others beside the Dockerfile.
+    return sorted([*(ROOT / "docker").glob("requirements-*.txt"), ROOT / "producer" / "requirements.txt"])
 
 
 def test_role_files_pin_exactly_what_requirements_txt_pins() -> None:
