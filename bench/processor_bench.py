@@ -1,19 +1,28 @@
 """Processor freshness and throughput: trade time T -> its window visible in ClickHouse.
 
-In one process: the embedded Kafka broker, the Pulse job (Spark local[2]) and chDB. A generator
-publishes synthetic trades stamped T = now at a fixed rate; a thin wrapper around the chDB
-transport records when each metrics insert returned (the rows are visible from then on) and the
-trade count it carried per window. Trade k of a window is visible at the first insert whose count
-for that window is >= k; freshness = that time - T.
+In one process: the embedded Kafka broker, the Spark session (local[2]) and chDB, all through
+`pulse.pipeline.Pipeline`. A generator publishes trades stamped T = now at a fixed rate; a thin
+wrapper around the metrics sink records when each insert returned (the rows are visible from then
+on) and the trade count it carried per window. Trade k of a window is visible at the first insert
+whose count for that window is >= k; freshness = that time - T.
 
-Peer, same run: the same job with a 1-second trigger, against Pulse's default 500 ms (and 250 ms).
-Throughput: a backlog published first, then read from `earliest`; trades per second processed.
-Run: `make bench-processor` (python -m bench.processor_bench). Prints a markdown table.
+Peer, same run, same broker, data and machine: the seed's notebook job shape (append output mode,
+2 s watermark, Spark's default trigger, a per-batch write of the same rows through the same sink),
+built from the same column builders. Throughput: a backlog published first, then read from
+`earliest`; trades per second processed. Each run also reports the mean `durationMs` parts of the
+metrics query's batches (Spark's own breakdown).
+
+Run: `make bench-processor` (python -m bench.processor_bench [--json]); BENCH_SECONDS (20) and
+BENCH_BACKLOG (300000) size it. Prints a markdown table; with --json the last line is
+{"freshness_ms": {"pulse": {"p50", "p99"}, "seed_style": {...}}, "offered_per_s": 1000, "backlog_trades_per_s"}.
+Benchmarks report; they never assert on time.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import os
 import statistics
 import tempfile
@@ -21,6 +30,7 @@ import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pyarrow as pa
@@ -111,14 +121,49 @@ def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else float("nan")
 
 
-def run(base: PulseSettings, bootstrap: str, trigger_ms: int, rate: float | None, count: int,
-        earliest: bool = False) -> dict[str, float]:
+def seed_style_job(pipeline: Pipeline, sink: VisibleAt) -> Any:
+    """The seed notebook's job shape on Pulse's columns: append mode, 2 s watermark, default trigger."""
+    from pulse.compute.columns import (  # noqa: PLC0415
+        parse_messages,
+        valid_trades,
+        window_aggregates,
+        window_metrics_columns,
+        with_write_time,
+    )
+    from pulse.compute.job import read_kafka  # noqa: PLC0415
+
+    settings, spark = pipeline.settings, pipeline.spark_session()
+    windows = window_metrics_columns(window_aggregates(
+        valid_trades(parse_messages(read_kafka(spark, settings, pipeline.bootstrap))).withWatermark(
+            "trade_time", "2 seconds")), settings.signal)
+
+    def write(batch: Any, batch_id: int) -> None:
+        sink.write(with_write_time(batch, time.time_ns() // 1_000_000, batch_id).toArrow())
+
+    return (windows.writeStream.queryName("seed_style").outputMode("append")
+            .option("checkpointLocation", str(settings.checkpoint_dir / "seed_style"))
+            .foreachBatch(write).start())
+
+
+def _durations(queries: list[Any]) -> dict[str, float]:
+    """Mean of Spark's durationMs parts over the batches that carried rows."""
+    parts: dict[str, list[float]] = defaultdict(list)
+    for query in queries:
+        for progress in query.recentProgress:
+            if progress.get("numInputRows"):
+                for name, value in (progress.get("durationMs") or {}).items():
+                    parts[name].append(float(value))
+    return {name: statistics.fmean(values) for name, values in parts.items()}
+
+
+def run(base: PulseSettings, bootstrap: str, rate: float | None, count: int, job: str = "pulse",
+        earliest: bool = False) -> dict[str, Any]:
     topic = f"bench_{uuid.uuid4().hex[:8]}"
     settings = base.override(
         kafka={"bootstrap_servers": bootstrap, "trades_topic": topic, "dead_letter_topic": f"{topic}.dlq",
                "gaps_topic": f"{topic}.gaps", "partitions": 1},
         clickhouse={"database": f"bench_{uuid.uuid4().hex[:8]}"},
-        spark={"trigger_ms": trigger_ms, "checkpoint_dir": base.data_dir / topic, "starting_offsets": "earliest"})
+        spark={"checkpoint_dir": base.data_dir / topic, "starting_offsets": "earliest"})
     recorders: list[VisibleAt] = []
 
     def sinks(transport: ClickHouseTransport) -> PulseSinks:
@@ -131,43 +176,94 @@ def run(base: PulseSettings, bootstrap: str, trigger_ms: int, rate: float | None
         pipeline.create_topics()
         if earliest:
             times = asyncio.run(publish(bootstrap, topic, None, count))
-        pipeline.start_job()
+        if job == "pulse":
+            queries = pipeline.start_job().all()
+        else:
+            sinks(pipeline.store())
+            queries = [seed_style_job(pipeline, recorders[-1])]
         if not earliest:
             # Spark runs no batch on an empty topic, so the first real batch would pay for planning,
             # code generation and the state store: one old trade warms the job up, unmeasured.
             asyncio.run(_warm_up(bootstrap, topic))
-            pipeline.wait_idle(idle_s=2.0, timeout_s=300)
+            _wait_idle(queries, idle_s=2.0, timeout_s=300)
         started = time.monotonic()
         if not earliest:
             times = asyncio.run(publish(bootstrap, topic, rate, count))
-        pipeline.wait_idle(idle_s=1.0, timeout_s=600)
+        # The seed's append mode writes a window only once the watermark passed it: a last trade
+        # well after the data moves the watermark, so every window is written and counted.
+        if job != "pulse":
+            asyncio.run(_push_watermark(bootstrap, topic))
+        _wait_idle(queries, idle_s=1.0, timeout_s=600)
         elapsed = time.monotonic() - started - 1.0
+        breakdown = _durations(queries[:1])
+        for query in queries:
+            query.stop()
     fresh = freshness(times, recorders[0].visible)
     return {"trades": len(times), "p50": pct(fresh, 50), "p99": pct(fresh, 99), "max": max(fresh, default=0),
-            "rate": len(times) / elapsed, "seen": len(fresh)}
+            "rate": len(times) / elapsed, "seen": len(fresh), "durations": breakdown}
+
+
+def _wait_idle(queries: list[Any], idle_s: float, timeout_s: float) -> None:
+    from pulse.compute.progress import IdleTracker, caught_up  # noqa: PLC0415
+
+    tracker, deadline = IdleTracker(idle_s), time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for query in queries:
+            if query.exception() is not None:
+                raise RuntimeError(f"{query.name} failed: {query.exception()}")
+        if tracker.observe(all(caught_up(q.lastProgress, q.status) for q in queries), time.monotonic()):
+            return
+        time.sleep(0.1)
+    raise TimeoutError("the job did not go idle")
+
+
+async def _push_watermark(bootstrap: str, topic: str) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, message(10**9, time.time_ns() // 1_000_000 + 10_000), partition=0)
+    finally:
+        await producer.stop()
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true", help="end with one JSON line of the headline numbers")
+    args = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="pulse-bench-"))
-    base = PulseSettings(_env_file=None, data_dir=data_dir)  # type: ignore[call-arg]
+    base = PulseSettings(_env_file=None, data_dir=data_dir).override(  # type: ignore[call-arg]
+        producer={"metrics_port": 0}, spark={"health_port": 0})
     seconds = float(os.environ.get("BENCH_SECONDS", "20"))
+    backlog = int(os.environ.get("BENCH_BACKLOG", "300000"))
     lines = ["| job | offered trades/s | trades | freshness p50 ms | p99 ms | max ms |", "|---|---|---|---|---|---|"]
+    results: dict[str, dict[str, Any]] = {}
     # One broker and one Spark session for every run: the first pipeline starts them, the others share.
     with Pipeline(base) as shared:
         shared.spark_session()
         bootstrap = shared.bootstrap
-        for trigger in (250, 500, 1000):
-            for rate in (1_000, 10_000):
-                r = run(base, bootstrap, trigger, rate, int(rate * seconds))
-                lines.append(f"| trigger {trigger} ms | {rate:,} | {r['trades']:,.0f} | {r['p50']:.0f} | "
-                             f"{r['p99']:.0f} | {r['max']:.0f} |")
-                print(lines[-1], flush=True)
-        backlog = int(os.environ.get("BENCH_BACKLOG", "300000"))
-        r = run(base, bootstrap, 250, None, backlog, earliest=True)
-        lines.append(f"\nbacklog of {backlog:,} trades read from earliest (trigger 250 ms): "
-                     f"{r['rate']:,.0f} trades/s processed")
-        print(lines[-1], flush=True)
+        for name, job, rate in (("pulse", "pulse", 1_000), ("seed_style", "seed", 1_000),
+                                ("pulse_10k", "pulse", 10_000)):
+            r = results[name] = run(base, bootstrap, rate, int(rate * seconds), job)
+            lines.append(f"| {name} (trigger {base.spark.trigger_ms} ms)" if job == "pulse" else "| seed-style")
+            lines[-1] += (f" | {rate:,} | {r['trades']:,.0f} | {r['p50']:.0f} | {r['p99']:.0f} | {r['max']:.0f} |")
+            print(lines[-1], flush=True)
+        r = results["backlog"] = run(base, bootstrap, None, backlog, "pulse", earliest=True)
+        lines.append(f"\nbacklog of {backlog:,} trades read from earliest: {r['rate']:,.0f} trades/s processed")
+    ratio = results["seed_style"]["p50"] / results["pulse"]["p50"]
+    lines.append(f"\nPulse's lead over the seed-style job at 1k/s: {ratio:.1f}x (p50), "
+                 f"{results['seed_style']['p99'] / results['pulse']['p99']:.1f}x (p99)")
+    lines.append("\nmean durationMs of a metrics batch at 1k/s: " + ", ".join(
+        f"{k} {v:.0f}" for k, v in sorted(results["pulse"]["durations"].items(), key=lambda kv: -kv[1])))
     print("\n".join(lines))
+    if args.json:
+        print(json.dumps({
+            "freshness_ms": {name: {"p50": round(results[key]["p50"]), "p99": round(results[key]["p99"])}
+                             for name, key in (("pulse", "pulse"), ("seed_style", "seed_style"))},
+            "offered_per_s": 1000,
+            "backlog_trades_per_s": round(results["backlog"]["rate"]),
+            "freshness_ms_at_10k": {"p50": round(results["pulse_10k"]["p50"]),
+                                    "p99": round(results["pulse_10k"]["p99"])},
+        }))
 
 
 if __name__ == "__main__":
