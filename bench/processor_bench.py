@@ -176,7 +176,9 @@ def run(base: PulseSettings, bootstrap: str, rate: float | None, count: int, job
         pipeline.create_topics()
         if earliest:
             times = asyncio.run(publish(bootstrap, topic, None, count))
-        if job == "pulse":
+        if job in VARIANTS:
+            pipeline.settings = settings.override(spark=VARIANTS[job])
+        if job == "pulse" or job in VARIANTS:
             queries = pipeline.start_job().all()
         else:
             sinks(pipeline.store())
@@ -201,6 +203,12 @@ def run(base: PulseSettings, bootstrap: str, rate: float | None, count: int, job
     fresh = freshness(times, recorders[0].visible)
     return {"trades": len(times), "p50": pct(fresh, 50), "p99": pct(fresh, 99), "max": max(fresh, default=0),
             "rate": len(times) / elapsed, "seen": len(fresh), "durations": breakdown}
+
+
+# Variants of the Pulse job to measure beside the default, from BENCH_VARIANTS: a JSON object
+# {name: {spark setting: value}}, e.g. {"no_data_off": {"no_data_batches": false}}.
+VARIANTS: dict[str, dict[str, Any]] = json.loads(os.environ.get("BENCH_VARIANTS", "{}"))
+VARIANT_RUNS = [(name, name, 1_000) for name in VARIANTS]
 
 
 def _wait_idle(queries: list[Any], idle_s: float, timeout_s: float) -> None:
@@ -242,9 +250,10 @@ def main() -> None:
         shared.spark_session()
         bootstrap = shared.bootstrap
         for name, job, rate in (("pulse", "pulse", 1_000), ("seed_style", "seed", 1_000),
-                                ("pulse_10k", "pulse", 10_000)):
+                                ("pulse_10k", "pulse", 10_000), *VARIANT_RUNS):
             r = results[name] = run(base, bootstrap, rate, int(rate * seconds), job)
-            lines.append(f"| {name} (trigger {base.spark.trigger_ms} ms)" if job == "pulse" else "| seed-style")
+            lines.append(f"| {name} (trigger {base.spark.trigger_ms} ms)" if job == "pulse" else
+                         f"| {name} {VARIANTS[job]}" if job in VARIANTS else "| seed-style")
             lines[-1] += (f" | {rate:,} | {r['trades']:,.0f} | {r['p50']:.0f} | {r['p99']:.0f} | {r['max']:.0f} |")
             print(lines[-1], flush=True)
         r = results["backlog"] = run(base, bootstrap, None, backlog, "pulse", earliest=True)

@@ -96,7 +96,13 @@ class SparkSettings(BaseModel):
     watermark_s: float = Field(default=2.0, ge=0)
     starting_offsets: Literal["earliest", "latest"] = "latest"
     max_offsets_per_trigger: int | None = Field(default=None, ge=1)
+    # Fixed by a query's checkpoint once it exists: a changed value applies to new checkpoints only.
     shuffle_partitions: int = Field(default=2, ge=1)
+    # Update mode emits on data; batches without data only move the watermark and evict state.
+    no_data_batches: bool = True
+    # "hdfs" (Spark's default, in-memory maps snapshotted per batch) or "rocksdb" (with changelog
+    # checkpointing). Fixed by an existing checkpoint: switching needs a new one (docs/operations.md).
+    state_store: Literal["hdfs", "rocksdb"] = "hdfs"
     # None: <data_dir>/checkpoints. On a cluster, a path every node and the driver share.
     checkpoint_dir: Path | None = None
     # Local mode talks over loopback; on a cluster, the address executors reach the driver at.

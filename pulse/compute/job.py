@@ -146,8 +146,25 @@ class PulseQueries:
         return job_health(self.all(), self.listener.last_progress_at, stale_after_s, time.monotonic())
 
 
+_STATE_STORES = {
+    "hdfs": "org.apache.spark.sql.execution.streaming.state.HDFSBackedStateStoreProvider",
+    "rocksdb": "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",
+}
+
+
+def _configure(spark: SparkSession, settings: PulseSettings) -> None:
+    """Streaming SQL settings, read by a query when it starts (a checkpoint keeps its own)."""
+    job = settings.spark
+    spark.conf.set("spark.sql.shuffle.partitions", str(job.shuffle_partitions))
+    spark.conf.set("spark.sql.streaming.noDataMicroBatches.enabled", str(job.no_data_batches).lower())
+    spark.conf.set("spark.sql.streaming.stateStore.providerClass", _STATE_STORES[job.state_store])
+    spark.conf.set("spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled",
+                   str(job.state_store == "rocksdb").lower())
+
+
 def start_queries(spark: SparkSession, settings: PulseSettings, bootstrap: str, sinks: PulseSinks) -> PulseQueries:
     """Start the metrics and rejects queries; they run until stopped."""
+    _configure(spark, settings)
     checkpoints = settings.checkpoint_dir
     listener = HealthListener(
         sinks, LateTradeCounter(spark, settings, bootstrap, (checkpoints / METRICS_QUERY).resolve()))
