@@ -119,7 +119,8 @@ class Pipeline:
             return
         kafka = self.settings.kafka
         await ensure_topics(self.bootstrap, [kafka.trades_topic, kafka.dead_letter_topic, kafka.gaps_topic],
-                            kafka.partitions)
+                            kafka.partitions, replication_factor=kafka.replication_factor,
+                            configs=kafka.topic_configs())
         self._topics_ready = True
 
     def store(self) -> ClickHouseTransport:

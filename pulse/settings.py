@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pulse.resources import schema_dir as package_schema_dir
@@ -29,6 +29,25 @@ class KafkaSettings(BaseModel):
     # Aggregate-id ranges the producer could not recover (pulse.broker.trade_message.encode_gap).
     gaps_topic: str = "pulse.aggtrades.gaps.v1"
     partitions: int = Field(default=3, ge=1)
+    # Copies of every partition of the topics Pulse creates: 3 on a cluster of 3 or more brokers,
+    # 1 for the embedded single node (a topic cannot have more copies than there are brokers).
+    replication_factor: int = Field(default=1, ge=1)
+    # With acks=all, how many copies a write needs before it counts; 2 of 3 keeps the topics
+    # writable while one broker is down. None leaves the broker's default (1).
+    min_insync_replicas: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _insync_within_replicas(self) -> Self:
+        if self.min_insync_replicas is not None and self.min_insync_replicas > self.replication_factor:
+            raise ValueError(f"min_insync_replicas ({self.min_insync_replicas}) exceeds "
+                             f"replication_factor ({self.replication_factor}): no write could ever succeed")
+        return self
+
+    def topic_configs(self) -> dict[str, str]:
+        """Per-topic settings Pulse creates its topics with."""
+        if self.min_insync_replicas is None:
+            return {}
+        return {"min.insync.replicas": str(self.min_insync_replicas)}
 
 
 # Binance markets; their URLs and limits are data beside the source (pulse.source.binance.markets).

@@ -1,15 +1,20 @@
-"""The embedded Apache Kafka broker: one KRaft node (broker + controller) in a child JVM.
+"""The embedded Apache Kafka: one KRaft node (broker + controller) in a child JVM, or several as one cluster.
 
 Jars come from Maven Central through `make setup` (jvm/kafka-broker/pom.xml). Storage is formatted
 on first start under `<data_dir>/kafka`; ports are picked free once and kept, so a restarted broker
-is found again by clients that were connected to it. The JVM is tied to this process with
+is found again by clients that were connected to it. Each JVM is tied to this process with
 PR_SET_PDEATHSIG, so even a `kill -9` of Pulse leaves no orphan broker behind.
+
+`nodes=3` runs three combined broker+controller nodes from the same jars, each in its own JVM and
+folder (`<data_dir>/kafka/node-<id>`), with a three-voter controller quorum: the smallest cluster
+that keeps topics with replication factor 3 and min.insync.replicas=2 writable while any one node
+is down. The single-node layout and behaviour are unchanged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import contextlib
 import ctypes
 import os
 import signal
@@ -17,14 +22,16 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, for_code
 
 _PR_SET_PDEATHSIG = 1
+# CreateTopics answers per topic; these codes mean the topic is there, as wanted.
+_NO_ERROR, _TOPIC_ALREADY_EXISTS = 0, 36
 
 
 def _die_with_parent() -> None:
@@ -50,133 +57,224 @@ class KafkaStartError(RuntimeError):
     pass
 
 
-class LocalKafkaBroker:
-    def __init__(self, jars_dir: Path, data_dir: Path, heap: str = "512m") -> None:
-        self.classpath_dir = jars_dir / "kafka-broker"
-        self.home = data_dir / "kafka"
-        self.heap = heap
-        self._process: subprocess.Popen[bytes] | None = None
-        self.port, self.controller_port = self._load_or_pick_ports()
+class _Node:
+    """One KRaft node: its folder, its two ports (kept across restarts) and its JVM."""
 
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+    def __init__(self, node_id: int, home: Path) -> None:
+        self.node_id = node_id
+        self.home = home
+        self.process: subprocess.Popen[bytes] | None = None
+        ports_file = home / "ports"
+        if ports_file.exists():
+            broker, controller = ports_file.read_text().split()
+            self.port, self.controller_port = int(broker), int(controller)
+        else:
+            self.port, self.controller_port = free_port(), free_port()
 
     @property
     def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        return self.process is not None and self.process.poll() is None
 
-    def _load_or_pick_ports(self) -> tuple[int, int]:
-        ports_file = self.home / "ports"
-        if ports_file.exists():
-            broker, controller = ports_file.read_text().split()
-            return int(broker), int(controller)
-        return free_port(), free_port()
+    @property
+    def log(self) -> Path:
+        return self.home / "logs" / "stdout.log"
 
-    def _java_command(self, main_class: str, *args: str) -> list[str]:
+
+class LocalKafkaBroker:
+    """The embedded Kafka: `nodes=1` (the default) is the single node Pulse always ran.
+
+    `port`, `controller_port` and `home` are those of node 1; `bootstrap` names every node.
+    """
+
+    def __init__(self, jars_dir: Path, data_dir: Path, heap: str = "512m", nodes: int = 1) -> None:
+        if nodes < 1:
+            raise ValueError(f"a Kafka cluster needs at least one node, got {nodes}")
+        self.classpath_dir = jars_dir / "kafka-broker"
+        self.home = data_dir / "kafka"
+        self.heap = heap
+        homes = [self.home] if nodes == 1 else [self.home / f"node-{i}" for i in range(1, nodes + 1)]
+        self._nodes = {i: _Node(i, home) for i, home in enumerate(homes, start=1)}
+        self.port, self.controller_port = self._nodes[1].port, self._nodes[1].controller_port
+
+    @property
+    def node_ids(self) -> list[int]:
+        return list(self._nodes)
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"127.0.0.1:{node.port}" for node in self._nodes.values())
+
+    @property
+    def running(self) -> bool:
+        return all(node.running for node in self._nodes.values())
+
+    def node_running(self, node_id: int) -> bool:
+        return self._nodes[node_id].running
+
+    def pid(self, node_id: int) -> int | None:
+        """The JVM of a node, while it runs (for tests that watch processes)."""
+        process = self._nodes[node_id].process
+        return process.pid if process is not None and process.poll() is None else None
+
+    def _java_command(self, node: _Node, main_class: str, *args: str) -> list[str]:
         if not any(self.classpath_dir.glob("kafka_2.13-*.jar")):
             raise KafkaStartError(
                 f"Kafka broker jars are missing in {self.classpath_dir}: run `make setup` (or set PULSE_JARS_DIR)"
             )
         return [
             "java", f"-Xmx{self.heap}", "-Xms128m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
-            f"-Dkafka.logs.dir={self.home / 'logs'}",
+            f"-Dlog4j2.configurationFile={node.home / 'log4j2.properties'}",
+            f"-Dkafka.logs.dir={node.home / 'logs'}",
             "-cp", str(self.classpath_dir / "*"), main_class, *args,
         ]
 
-    def _write_config(self) -> Path:
-        self.home.mkdir(parents=True, exist_ok=True)
-        (self.home / "ports").write_text(f"{self.port} {self.controller_port}\n")
-        (self.home / "log4j2.properties").write_text(
+    def _write_config(self, node: _Node) -> Path:
+        node.home.mkdir(parents=True, exist_ok=True)
+        (node.home / "ports").write_text(f"{node.port} {node.controller_port}\n")
+        (node.home / "log4j2.properties").write_text(
             "rootLogger.level = WARN\n"
             "rootLogger.appenderRef.file.ref = file\n"
             "appender.file.type = File\n"
             "appender.file.name = file\n"
-            f"appender.file.fileName = {self.home / 'logs' / 'server.log'}\n"
+            f"appender.file.fileName = {node.home / 'logs' / 'server.log'}\n"
             "appender.file.layout.type = PatternLayout\n"
             "appender.file.layout.pattern = [%d] %p %m (%c)%n\n"
         )
-        config = self.home / "server.properties"
+        voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self._nodes.values())
+        # Internal topics as durable as the cluster allows: replicated on up to 3 nodes, and on a
+        # cluster a write to them needs 2 in sync, like the trades topic.
+        replicas = min(3, len(self._nodes))
+        min_isr = min(2, len(self._nodes))
+        config = node.home / "server.properties"
         config.write_text("\n".join([
             "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            f"node.id={node.node_id}",
+            f"controller.quorum.voters={voters}",
+            f"listeners=PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{node.port}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
             "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            f"log.dirs={self.home / 'log'}",
+            f"log.dirs={node.home / 'log'}",
             "num.partitions=1",
             "auto.create.topics.enable=false",
-            "offsets.topic.replication.factor=1",
+            f"offsets.topic.replication.factor={replicas}",
             "offsets.topic.num.partitions=4",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
+            f"transaction.state.log.replication.factor={replicas}",
+            f"transaction.state.log.min.isr={min_isr}",
+            f"share.coordinator.state.topic.replication.factor={replicas}",
+            f"share.coordinator.state.topic.min.isr={min_isr}",
             "group.initial.rebalance.delay.ms=0",
             "log.retention.hours=24",
             "",
         ]))
         return config
 
-    def _format_storage(self, config: Path) -> None:
-        if (self.home / "log" / "meta.properties").exists():
-            return
+    def _cluster_id(self) -> str:
+        """One id for every node of the cluster, kept beside them so a re-formatted node rejoins."""
+        id_file = self.home / "cluster.id"
+        if id_file.exists():
+            return id_file.read_text().strip()
         cluster_id = "-"
         # The storage tool's argument parser takes an id starting with "-" (1 in 64) for an option.
         while cluster_id.startswith("-"):
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        result = subprocess.run(
-            self._java_command("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
-            capture_output=True, text=True, timeout=120, check=False,
-        )
-        if result.returncode != 0:
-            raise KafkaStartError(f"formatting Kafka storage failed:\n{result.stdout}\n{result.stderr}")
+        self.home.mkdir(parents=True, exist_ok=True)
+        id_file.write_text(cluster_id + "\n")
+        return cluster_id
 
-    def start(self, timeout_s: float = 90.0) -> str:
-        """Start (formatting storage on first use) and wait until the broker accepts connections."""
-        if self.running:
-            return self.bootstrap
-        config = self._write_config()
-        self._format_storage(config)
-        log = (self.home / "logs").joinpath("stdout.log")
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("ab") as stdout:
-            self._process = subprocess.Popen(
-                self._java_command("kafka.Kafka", str(config)),
+    def _format_storage(self, node: _Node, config: Path, cluster_id: str) -> subprocess.Popen[str] | None:
+        if (node.home / "log" / "meta.properties").exists():
+            return None
+        return subprocess.Popen(
+            self._java_command(node, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=_die_with_parent,  # noqa: PLW1509
+        )
+
+    def _launch(self, node: _Node, config: Path) -> None:
+        node.log.parent.mkdir(parents=True, exist_ok=True)
+        with node.log.open("ab") as stdout:
+            node.process = subprocess.Popen(
+                self._java_command(node, "kafka.Kafka", str(config)),
                 stdout=stdout, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,  # noqa: PLW1509
             )
-        deadline = time.monotonic() + timeout_s
-        while not _port_open(self.port):
-            if self._process.poll() is not None:
-                raise KafkaStartError(f"Kafka exited with {self._process.returncode}; see {log}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise KafkaStartError(f"Kafka did not open port {self.port} in {timeout_s:.0f}s; see {log}")
-            time.sleep(0.2)
+
+    def start(self, timeout_s: float = 90.0) -> str:
+        """Start every node that is not running (formatting storage on first use) and wait until
+        each accepts connections. A cluster's nodes start together: each waits for a controller
+        quorum, which only a majority of them can form."""
+        self._start([node for node in self._nodes.values() if not node.running], timeout_s)
         return self.bootstrap
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Controlled shutdown; SIGKILL if the JVM does not exit in time."""
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
+    def start_node(self, node_id: int, timeout_s: float = 90.0) -> None:
+        """(Re)start one node of a cluster, e.g. after `kill_node`; it rejoins with its old storage."""
+        node = self._nodes[node_id]
+        if not node.running:
+            self._start([node], timeout_s)
+
+    def _start(self, nodes: list[_Node], timeout_s: float) -> None:
+        if not nodes:
             return
-        process.terminate()
-        try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        cluster_id = self._cluster_id()
+        configs = {node.node_id: self._write_config(node) for node in nodes}
+        # Formatting is a JVM start of its own: all nodes at once, not one after the other.
+        formats = {node.node_id: self._format_storage(node, configs[node.node_id], cluster_id) for node in nodes}
+        for node_id, formatting in formats.items():
+            if formatting is None:
+                continue
+            output, _ = formatting.communicate(timeout=120)
+            if formatting.returncode != 0:
+                raise KafkaStartError(f"formatting Kafka storage of node {node_id} failed:\n{output}")
+        for node in nodes:
+            self._launch(node, configs[node.node_id])
+        deadline = time.monotonic() + timeout_s
+        for node in nodes:
+            while not _port_open(node.port):
+                process = node.process
+                if process is None or process.poll() is not None:
+                    code = None if process is None else process.returncode
+                    self.stop()
+                    raise KafkaStartError(f"Kafka node {node.node_id} exited with {code}; see {node.log}")
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise KafkaStartError(
+                        f"Kafka node {node.node_id} did not open port {node.port} in {timeout_s:.0f}s; see {node.log}")
+                time.sleep(0.2)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Controlled shutdown of every node at once; SIGKILL whatever does not exit in time.
+
+        Together, not in turn: the last nodes of a cluster stopped one by one would wait for a
+        controller quorum that the first ones took away with them.
+        """
+        running = [node.process for node in self._nodes.values() if node.running]
+        for node in self._nodes.values():
+            node.process = None
+        for process in running:
+            if process is not None:
+                process.terminate()
+        deadline = time.monotonic() + timeout_s
+        for process in running:
+            if process is None:
+                continue
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
 
     def kill(self) -> None:
-        """Crash the broker (SIGKILL), as a power cut would; for failure tests."""
-        if self._process is not None and self._process.poll() is None:
-            os.kill(self._process.pid, signal.SIGKILL)
-            self._process.wait(timeout=10)
-        self._process = None
+        """Crash every node (SIGKILL), as a power cut would; for failure tests."""
+        for node_id in self._nodes:
+            self.kill_node(node_id)
+
+    def kill_node(self, node_id: int) -> None:
+        """Crash one node (SIGKILL): its partitions lose their leader or a replica."""
+        node = self._nodes[node_id]
+        if node.process is not None and node.process.poll() is None:
+            os.kill(node.process.pid, signal.SIGKILL)
+            node.process.wait(timeout=10)
+        node.process = None
 
     def __enter__(self) -> LocalKafkaBroker:
         self.start()
@@ -188,12 +286,16 @@ class LocalKafkaBroker:
 
 
 async def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int,
-                        timeout_s: float = 60.0) -> None:
-    """Create topics if missing, retrying while a just-started broker elects its controller."""
-    import asyncio  # noqa: PLC0415
+                        timeout_s: float = 60.0, replication_factor: int = 1,
+                        configs: Mapping[str, str] | None = None) -> None:
+    """Create topics if missing, retrying while a just-started broker elects its controller.
 
+    On a just-started cluster the controller may know fewer brokers than `replication_factor`
+    for a moment: every refusal is retried until `timeout_s`, then raised with Kafka's reason.
+    """
     deadline = time.monotonic() + timeout_s
     wanted = list(topics)
+    topic_configs = dict(configs or {})
     while True:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
         try:
@@ -201,11 +303,14 @@ async def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int,
             existing = set(await admin.list_topics())
             missing = [t for t in wanted if t not in existing]
             if missing:
-                # Another client may create the same topic between our list and create.
-                with contextlib.suppress(TopicAlreadyExistsError):
-                    await admin.create_topics(
-                        [NewTopic(name=t, num_partitions=partitions, replication_factor=1) for t in missing]
-                    )
+                response = await admin.create_topics([
+                    NewTopic(name=t, num_partitions=partitions, replication_factor=replication_factor,
+                             topic_configs=topic_configs) for t in missing])
+                # The answer carries an error per topic instead of raising; another client creating
+                # the same topic between our list and create is no error.
+                for topic, code, *message in response.topic_errors:
+                    if code not in (_NO_ERROR, _TOPIC_ALREADY_EXISTS):
+                        raise for_code(code)(f"topic {topic}: {message[0] if message else ''}")
             return
         except (KafkaError, OSError) as error:  # a just-started broker refuses or times out
             if time.monotonic() > deadline:
@@ -215,8 +320,23 @@ async def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int,
             await admin.close()
 
 
-async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    """The next offset to be written in each partition of `topic`."""
+async def end_offsets(bootstrap: str, topic: str, timeout_s: float = 30.0) -> dict[int, int]:
+    """The next offset to be written in each partition of `topic`.
+
+    Retried with fresh clients until `timeout_s`: while a crashed node of a cluster is not yet
+    fenced, metadata still lists it, and a request the client happens to send there fails.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await _end_offsets(bootstrap, topic)
+        except (KafkaError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def _end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
 
     # A consumer that subscribed to nothing knows no partitions: the admin client asks the cluster.
