@@ -145,15 +145,23 @@ def seed_style_job(pipeline: Pipeline, sink: VisibleAt) -> Any:
             .foreachBatch(write).start())
 
 
-def _durations(queries: list[Any]) -> dict[str, float]:
-    """Mean of Spark's durationMs parts over the batches that carried rows."""
+def _durations(queries: list[Any], listener: Any = None) -> dict[str, float]:
+    """Mean ms per metrics batch that carried rows: Spark's durationMs parts, the state store's
+    update and commit times, and (Pulse's job) the Python side: collect (toArrow, which runs the
+    plan), insert, the whole foreachBatch callback, and the health listener per report."""
     parts: dict[str, list[float]] = defaultdict(list)
     for query in queries:
         for progress in query.recentProgress:
             if progress.get("numInputRows"):
                 for name, value in (progress.get("durationMs") or {}).items():
                     parts[name].append(float(value))
-    return {name: statistics.fmean(values) for name, values in parts.items()}
+                for operator in progress.get("stateOperators") or []:
+                    parts["state.updates"].append(float(operator.get("allUpdatesTimeMs", 0)))
+                    parts["state.commit"].append(float(operator.get("commitTimeMs", 0)))
+    if listener is not None:
+        for name in ("collect", "insert", "callback", "listener"):
+            parts[f"python.{name}"] = list(getattr(listener.timings, name))
+    return {name: statistics.fmean(values) for name, values in parts.items() if values}
 
 
 def run(base: PulseSettings, bootstrap: str, rate: float | None, count: int, job: str = "pulse",
@@ -178,8 +186,10 @@ def run(base: PulseSettings, bootstrap: str, rate: float | None, count: int, job
             times = asyncio.run(publish(bootstrap, topic, None, count))
         if job in VARIANTS:
             pipeline.settings = settings.override(spark=VARIANTS[job])
+        listener = None
         if job == "pulse" or job in VARIANTS:
-            queries = pipeline.start_job().all()
+            pulse_queries = pipeline.start_job()
+            queries, listener = pulse_queries.all(), pulse_queries.listener
         else:
             sinks(pipeline.store())
             queries = [seed_style_job(pipeline, recorders[-1])]
@@ -197,7 +207,7 @@ def run(base: PulseSettings, bootstrap: str, rate: float | None, count: int, job
             asyncio.run(_push_watermark(bootstrap, topic))
         _wait_idle(queries, idle_s=1.0, timeout_s=600)
         elapsed = time.monotonic() - started - 1.0
-        breakdown = _durations(queries[:1])
+        breakdown = _durations(queries[:1], listener)
         for query in queries:
             query.stop()
     fresh = freshness(times, recorders[0].visible)
@@ -261,8 +271,10 @@ def main() -> None:
     ratio = results["seed_style"]["p50"] / results["pulse"]["p50"]
     lines.append(f"\nPulse's lead over the seed-style job at 1k/s: {ratio:.1f}x (p50), "
                  f"{results['seed_style']['p99'] / results['pulse']['p99']:.1f}x (p99)")
-    lines.append("\nmean durationMs of a metrics batch at 1k/s: " + ", ".join(
-        f"{k} {v:.0f}" for k, v in sorted(results["pulse"]["durations"].items(), key=lambda kv: -kv[1])))
+    for name, result in results.items():
+        if result.get("durations"):
+            lines.append(f"\n{name}: mean ms per metrics batch with data: " + ", ".join(
+                f"{k} {v:.0f}" for k, v in sorted(result["durations"].items(), key=lambda kv: -kv[1])))
     print("\n".join(lines))
     if args.json:
         print(json.dumps({

@@ -80,6 +80,28 @@ class LateTradeCounter:
         return late_trades(valid_trades(parse_messages(rows)), late_watermark).count()
 
 
+@dataclass
+class BatchTimings:
+    """Where the Python side of each metrics micro-batch spends its time (ms), for the benchmarks.
+
+    `collect` is `toArrow()`, which runs the batch's plan (the stateful aggregation included) and
+    converts it to Arrow; `insert` is the sink's write; `callback` the whole foreachBatch function;
+    `listener` the health listener per progress report (it runs on Spark's listener thread).
+    """
+
+    collect: list[float] = field(default_factory=list)
+    insert: list[float] = field(default_factory=list)
+    callback: list[float] = field(default_factory=list)
+    listener: list[float] = field(default_factory=list)
+
+    def add(self, name: str, started: float) -> float:
+        now = time.perf_counter()
+        values: list[float] = getattr(self, name)
+        values.append((now - started) * 1000)
+        del values[:-1000]  # the newest thousand are plenty for a mean
+        return now
+
+
 class HealthListener(StreamingQueryListener):
     """Writes one `pulse_health` row per micro-batch progress report of our queries."""
 
@@ -91,6 +113,7 @@ class HealthListener(StreamingQueryListener):
         self.metrics_query_id = ""
         self.last_progress_at: float | None = None
         self.last_batch_ms = 0
+        self.timings = BatchTimings()
 
     def onQueryStarted(self, event: Any) -> None:
         pass
@@ -106,6 +129,7 @@ class HealthListener(StreamingQueryListener):
         progress = event.progress
         if str(progress.id) not in self.query_ids:
             return
+        started = time.perf_counter()
         self.last_progress_at = time.monotonic()
         late = 0
         dropped = sum(op.numRowsDroppedByWatermark for op in progress.stateOperators)
@@ -115,6 +139,7 @@ class HealthListener(StreamingQueryListener):
         if str(progress.id) == self.metrics_query_id:
             self.last_batch_ms = int((progress.durationMs or {}).get("triggerExecution", 0))
         self._sinks.health.write(health_row(progress, late))
+        self.timings.add("listener", started)
 
 
 @dataclass
@@ -171,8 +196,15 @@ def start_queries(spark: SparkSession, settings: PulseSettings, bootstrap: str, 
     spark.streams.addListener(listener)
     parsed = parse_messages(read_kafka(spark, settings, bootstrap))
 
+    timings = listener.timings
+
     def write_metrics(batch: DataFrame, batch_id: int) -> None:
-        sinks.metrics.write(with_write_time(batch, now_ms(), batch_id).toArrow())
+        started = time.perf_counter()
+        rows = with_write_time(batch, now_ms(), batch_id).toArrow()
+        collected = timings.add("collect", started)
+        sinks.metrics.write(rows)
+        timings.add("insert", collected)
+        timings.add("callback", started)
 
     def write_rejects(batch: DataFrame, batch_id: int) -> None:
         stamped = batch.select(F.timestamp_millis(F.lit(now_ms())).alias("rejected_at"), "*",
