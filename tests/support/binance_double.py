@@ -1,15 +1,25 @@
 """A local stand-in for Binance: a real websocket server and a real REST server on 127.0.0.1.
 
-It plays real recorded aggTrades in Binance's documented formats: combined-stream envelopes
-`{"stream": "<symbol>@aggTrade", "data": {...}}` on the USD-M market path
-`/market/stream?streams=...`, and `GET /fapi/v1/aggTrades?symbol=&fromId=&limit=` answering a
-JSON array of `{a, p, q, f, l, T, m}`. Like the exchange, its tape runs on whether or not anyone
-listens: trades that pass while a client is away are gone from the wire but still on REST.
-The old `/ws` and `/stream` paths accept connections and then stay silent, as Binance's do now.
+It plays real recorded aggTrades in Binance's documented formats, as one market does:
+
+| market | combined streams | REST aggTrades | REST exchangeInfo |
+|---|---|---|---|
+| usdm | `/market/stream?streams=...` | `/fapi/v1/aggTrades` | `/fapi/v1/exchangeInfo` (`status`) |
+| spot | `/stream?streams=...` | `/api/v3/aggTrades` | `/api/v3/exchangeInfo` (`status`) |
+| coinm | `/stream?streams=...` | `/dapi/v1/aggTrades` | `/dapi/v1/exchangeInfo` (`contractStatus`) |
+
+Frames are combined-stream envelopes `{"stream": "<symbol>@aggTrade", "data": {...}}`; aggTrades
+answers `GET ?symbol=&fromId=&limit=` with a JSON array of `{a, p, q, f, l, T, m}`. Like the
+exchange, its tape runs on whether or not anyone listens: trades that pass while a client is away
+are gone from the wire but still on REST. On USD-M the old `/ws` and `/stream` paths accept
+connections and then stay silent, as Binance's do now; the other markets refuse unknown paths (404),
+and serve only their own REST paths, so a client using another market's path fails loudly.
+exchangeInfo lists the tape's symbols and any `listed` ones (quiet: no trades), each with a status.
 
 Controls for failure tests: close every connection, stall (connections open, nothing sent),
 withhold chosen trades from the wire (REST still has them), make chosen trades unfillable (REST
-leaves them out too), inject raw frames, and answer REST calls with 429 + Retry-After.
+leaves them out too), inject raw frames, answer REST calls with 429 + Retry-After, and refuse
+handshakes or REST calls with an HTTP status (451 as for restricted regions, 403, 429).
 It imports nothing from `pulse`: it stands in for the exchange only.
 """
 
@@ -20,21 +30,32 @@ import contextlib
 import json
 from collections import defaultdict
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from aiohttp import web
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
+from websockets.http11 import Request, Response
 
 from tests.support.recordings import recorded_payloads
 
 _REST_KEYS = ("a", "p", "q", "f", "l", "T", "m")
+Market = Literal["usdm", "spot", "coinm"]
+# market -> (live stream path, REST prefix)
+_PATHS: dict[str, tuple[str, str]] = {"usdm": ("/market/stream", "/fapi/v1"), "spot": ("/stream", "/api/v3"),
+                                      "coinm": ("/stream", "/dapi/v1")}
 
 
 def agg_trades_from_recording(path: Path) -> list[dict[str, Any]]:
     """The aggTrade payloads of a recording, in file order, as Binance sent them."""
     return list(recorded_payloads(path))
+
+
+def relabel(tape: list[dict[str, Any]], names: dict[str, str]) -> list[dict[str, Any]]:
+    """The same recorded trades under other symbols (COIN-M and delivery names, which no recording has)."""
+    return [{**payload, "s": names.get(payload["s"], payload["s"])} for payload in tape]
 
 
 @dataclass(frozen=True)
@@ -44,12 +65,22 @@ class Subscription:
 
 
 class BinanceDouble:
-    def __init__(self, tape: list[dict[str, Any]], frames_per_s: float = 1000.0) -> None:
+    def __init__(self, tape: list[dict[str, Any]], frames_per_s: float = 1000.0, market: Market = "usdm",
+                 listed: dict[str, str] | None = None) -> None:
         self.tape = tape
         self.frames_per_s = frames_per_s
+        self.market = market
+        self.stream_path, self.rest_prefix = _PATHS[market]
         self.by_symbol: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for payload in tape:
             self.by_symbol[payload["s"]].append(payload)
+        # exchangeInfo: symbol -> status, the tape's symbols trading, then `listed` (quiet or not trading).
+        self.listed: dict[str, str] = {symbol: "TRADING" for symbol in self.by_symbol} | (listed or {})
+        self.refuse_ws_with: int | None = None
+        self.refuse_rest_with: int | None = None
+        self.refused_handshakes = 0
+        self.exchange_info_calls = 0
+        self.connection_symbols: list[frozenset[str]] = []
         self.cursor = 0  # trades before the cursor have happened
         self.withheld: set[tuple[str, int]] = set()
         self.unfillable: set[tuple[str, int]] = set()
@@ -75,7 +106,13 @@ class BinanceDouble:
 
     @property
     def ws_base_url(self) -> str:
-        return f"ws://127.0.0.1:{self.ws_port}/market/stream"
+        """The market's combined-stream URL on the double."""
+        return f"ws://127.0.0.1:{self.ws_port}{self.stream_path}"
+
+    @property
+    def ws_host_url(self) -> str:
+        """Only scheme, host and port: the client adds its market's path."""
+        return f"ws://127.0.0.1:{self.ws_port}"
 
     @property
     def rest_base_url(self) -> str:
@@ -103,11 +140,12 @@ class BinanceDouble:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> BinanceDouble:
-        self._ws_server = await serve(self._serve_ws, "127.0.0.1", 0, max_queue=None)
+        self._ws_server = await serve(self._serve_ws, "127.0.0.1", 0, max_queue=None,
+                                      process_request=self._handshake)
         self.ws_port = next(iter(self._ws_server.sockets)).getsockname()[1]
         app = web.Application()
-        app.router.add_get("/fapi/v1/aggTrades", self._agg_trades)
-        app.router.add_get("/api/v3/aggTrades", self._agg_trades)
+        app.router.add_get(f"{self.rest_prefix}/aggTrades", self._agg_trades)
+        app.router.add_get(f"{self.rest_prefix}/exchangeInfo", self._exchange_info)
         self._rest_runner = web.AppRunner(app, access_log=None)
         await self._rest_runner.setup()
         site = web.TCPSite(self._rest_runner, "127.0.0.1", 0)
@@ -135,6 +173,14 @@ class BinanceDouble:
 
     # -- websocket ------------------------------------------------------------------------------
 
+    def _handshake(self, connection: ServerConnection, request: Request) -> Response | None:
+        if self.refuse_ws_with is not None:
+            self.refused_handshakes += 1
+            return connection.respond(HTTPStatus(self.refuse_ws_with), "double: refused\n")
+        if self.market != "usdm" and urlsplit(request.path).path != self.stream_path:
+            return connection.respond(HTTPStatus.NOT_FOUND, "double: no such path\n")
+        return None
+
     async def _serve_ws(self, connection: ServerConnection) -> None:
         request = connection.request
         url = urlsplit(request.path if request is not None else "/")
@@ -142,8 +188,9 @@ class BinanceDouble:
         # Binance stream names are lower case; "BTCUSDT@aggTrade" subscribes to nothing.
         names = [stream.removesuffix("@aggTrade") for stream in streams if stream.endswith("@aggTrade")]
         symbols = frozenset(name.upper() for name in names if name and name == name.lower()
-                            ) if url.path == "/market/stream" else frozenset()
+                            ) if url.path == self.stream_path else frozenset()
         self.subscriptions[connection] = Subscription(connection, symbols)
+        self.connection_symbols.append(symbols)
         self.most_symbols_on_one_connection = max(self.most_symbols_on_one_connection, len(symbols))
         self.connections_seen += 1
         self.first_connection.set()
@@ -182,8 +229,24 @@ class BinanceDouble:
 
     # -- REST -----------------------------------------------------------------------------------
 
+    def _refused(self) -> web.Response | None:
+        if self.refuse_rest_with is None:
+            return None
+        return web.json_response({"code": 0, "msg": "double: refused"}, status=self.refuse_rest_with)
+
+    async def _exchange_info(self, request: web.Request) -> web.Response:
+        self.exchange_info_calls += 1
+        if (refused := self._refused()) is not None:
+            return refused
+        status_key = "contractStatus" if self.market == "coinm" else "status"
+        symbols = [{"symbol": symbol, status_key: status, "baseAsset": symbol[:3], "filters": []}
+                   for symbol, status in self.listed.items()]
+        return web.json_response({"timezone": "UTC", "serverTime": 0, "rateLimits": [], "symbols": symbols})
+
     async def _agg_trades(self, request: web.Request) -> web.Response:
         self.rest_calls += 1
+        if (refused := self._refused()) is not None:
+            return refused
         if self.rate_limit_next > 0:
             self.rate_limit_next -= 1
             self.rest_rate_limited += 1

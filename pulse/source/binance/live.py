@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import logging
 import time
 from collections.abc import Sequence
@@ -142,6 +143,44 @@ def shards(symbols: Sequence[str], size: int = MAX_STREAMS_PER_CONNECTION) -> li
     return [list(symbols[start:start + size]) for start in range(0, len(symbols), size)]
 
 
+# `--symbols all` / PULSE_PRODUCER__SYMBOLS=all (settings upper-case it): every trading symbol of the market.
+ALL_SYMBOLS = "ALL"
+
+
+class UnknownSymbols(ValueError):
+    """Symbols the market does not list, or lists as not trading: nothing would ever arrive for them."""
+
+
+async def market_symbols(settings: ProducerSettings, wanted: Sequence[str]) -> list[str]:
+    """`wanted` checked against the market's exchangeInfo; `[ALL_SYMBOLS]` becomes every trading symbol.
+
+    Asked once, before a run: a typo (BTCUSTD) or an expired quarterly contract would otherwise
+    subscribe to a stream that stays silent forever, which looks like a stall, not like a mistake.
+    """
+    market = MARKETS[settings.market]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+        budget = WeightBudget(settings.rest_weight_budget_per_min or market.weight_per_minute)
+        rest = BinanceRest(session, market, settings.rest_base_url or market.rest_url, budget)
+        states = await rest.symbol_states()
+    trading = [symbol for symbol, state in states.items() if state == "TRADING"]
+    if list(wanted) == [ALL_SYMBOLS]:
+        if not trading:
+            raise UnknownSymbols(f"Binance lists no trading symbol on {market.title}")
+        return trading
+    problems = []
+    for symbol in wanted:
+        state = states.get(symbol)
+        if state is None:
+            near = difflib.get_close_matches(symbol, trading, n=1)
+            guess = f" (did you mean {near[0]}?)" if near else ""
+            problems.append(f"{symbol} is not a {market.title} symbol{guess}")
+        elif state != "TRADING":
+            problems.append(f"{symbol} is not trading on {market.title} (status {state})")
+    if problems:
+        raise UnknownSymbols("; ".join(problems))
+    return list(wanted)
+
+
 class BinanceSource:
     """Live aggTrades of `symbols` on one Binance market (see `markets.MARKETS`)."""
 
@@ -151,10 +190,12 @@ class BinanceSource:
         self.symbols = list(symbols if symbols is not None else settings.symbols)
         if not self.symbols:
             raise ValueError("the live source needs at least one symbol")
+        if ALL_SYMBOLS in self.symbols:
+            raise ValueError("resolve 'all' with market_symbols() before building the source")
         self.name = f"binance:{self.market.name}"
         self.sequencer = AggregateIdSequencer()
         self._decoder = FrameDecoder(self.name)
-        ws_url = settings.ws_base_url or self.market.ws_url
+        ws_url = self.market.stream_url(settings.ws_base_url)
         self.streams = [BinanceStream(settings, ws_url, shard, self._on_frame) for shard in shards(self.symbols)]
         self._session: aiohttp.ClientSession | None = None
         self.rest: BinanceRest | None = None
@@ -207,6 +248,9 @@ class BinanceSource:
 
     def connected(self) -> bool:
         return all(stream.connected for stream in self.streams)
+
+    def ever_connected(self) -> bool:
+        return any(stream.stats.connects for stream in self.streams)
 
     def problem(self) -> str | None:
         if self.connected():

@@ -1,10 +1,12 @@
-"""Binance REST `aggTrades`, the one REST call the producer makes: filling gaps of the live stream.
+"""Binance REST: `aggTrades` to fill gaps of the live stream, `exchangeInfo` to list a market's symbols.
 
 `GET /fapi/v1/aggTrades?symbol=..&fromId=..&limit=1000` costs 20 weight of USD-M's 2,400-per-minute
 IP budget (spot: `/api/v3/aggTrades`, 4 of 6,000; the market presets carry these numbers).
 `WeightBudget` spends that budget evenly (a token bucket refilled continuously), and a 429
 (rate limited) or 418 (IP banned for ignoring 429s) stops every call until `Retry-After` has
-passed: hammering on would turn a minute's pause into a ban of hours.
+passed: hammering on would turn a minute's pause into a ban of hours. `exchangeInfo` (weight 1 on
+the futures markets, 20 on spot) is asked once, when a run wants every trading symbol (`--symbols all`)
+or checks the ones it was given.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import time
 from collections.abc import Callable, Mapping
 
 import aiohttp
+import msgspec
 
 from pulse.source.binance.markets import Market
-from pulse.source.binance.wire import BinanceAggTrade, InvalidFrame, decode_rest_page
+from pulse.source.binance.wire import BinanceAggTrade, InvalidFrame, decode_rest_page, is_symbol
+from pulse.source.binance.ws import REFUSAL_HINTS
 from pulse.telemetry import Telemetry
 
 AGG_TRADES_LIMIT = 1000
@@ -25,7 +29,44 @@ _MAX_ATTEMPTS = 4
 
 
 class RestError(RuntimeError):
-    """The aggTrades call failed for good (HTTP status, bad payload, attempts exhausted)."""
+    """A REST call failed for good (HTTP status, bad payload, attempts exhausted)."""
+
+
+class BinanceRefused(RestError):
+    """Binance turned the request away for who asks (451: restricted region, 403): retrying cannot help."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.hint = REFUSAL_HINTS.get(status, f"Binance refused the request (HTTP {status})")
+        super().__init__(self.hint)
+
+
+_REFUSED = (451, 403)
+
+
+class ExchangeSymbol(msgspec.Struct, frozen=True):
+    """One entry of `exchangeInfo.symbols`; the other fields (filters, precisions...) are not read."""
+
+    symbol: str
+    status: str | None = None  # spot and USD-M: TRADING, BREAK, SETTLING, ...
+    contractStatus: str | None = None  # COIN-M calls its status so
+
+
+class ExchangeInfo(msgspec.Struct, frozen=True):
+    symbols: list[ExchangeSymbol]
+
+
+_exchange_info = msgspec.json.Decoder(ExchangeInfo)
+
+
+def symbol_states(body: bytes) -> dict[str, str]:
+    """exchangeInfo as symbol -> status, in the exchange's order; names Binance's pattern refuses are left out."""
+    try:
+        info = _exchange_info.decode(body)
+    except msgspec.DecodeError as error:  # ValidationError included
+        raise RestError(f"exchangeInfo reply: {error}") from None
+    return {entry.symbol: entry.status or entry.contractStatus or "UNKNOWN"
+            for entry in info.symbols if is_symbol(entry.symbol)}
 
 
 class WeightBudget:
@@ -78,7 +119,9 @@ class BinanceRest:
     def __init__(self, session: aiohttp.ClientSession, market: Market, base_url: str, budget: WeightBudget,
                  server_error_pause_s: float = 1.0) -> None:
         self._session = session
+        self._market = market
         self._url = base_url.rstrip("/") + market.agg_trades_path
+        self._exchange_info_url = base_url.rstrip("/") + market.exchange_info_path
         self._weight = market.agg_trades_weight
         self._budget = budget
         self._server_error_pause_s = server_error_pause_s
@@ -94,12 +137,21 @@ class BinanceRest:
     async def agg_trades(self, symbol: str, from_id: int, limit: int = AGG_TRADES_LIMIT) -> list[BinanceAggTrade]:
         """Up to `limit` aggTrades of `symbol` from id `from_id` on, in id order."""
         params = {"symbol": symbol, "fromId": str(from_id), "limit": str(min(limit, AGG_TRADES_LIMIT))}
+        body = await self._get(self._url, params, self._weight, f"aggTrades {symbol} fromId={from_id}")
+        return self._parse(body, symbol)
+
+    async def symbol_states(self) -> dict[str, str]:
+        """Every symbol of the market with its status (TRADING, BREAK, SETTLING...)."""
+        return symbol_states(await self._get(self._exchange_info_url, {}, self._market.exchange_info_weight,
+                                             "exchangeInfo"))
+
+    async def _get(self, url: str, params: dict[str, str], weight: int, what: str) -> bytes:
         last_problem = "no attempt"
         for _ in range(_MAX_ATTEMPTS):
-            await self._budget.acquire(self._weight)
+            await self._budget.acquire(weight)
             self.calls += 1
             try:
-                async with self._session.get(self._url, params=params) as response:
+                async with self._session.get(url, params=params) as response:
                     body = await response.read()
                     status, headers = response.status, response.headers
             except (aiohttp.ClientError, TimeoutError) as error:
@@ -117,11 +169,14 @@ class BinanceRest:
                 last_problem = f"HTTP {status}"
                 await asyncio.sleep(self._server_error_pause_s)
                 continue
+            if status in _REFUSED:
+                self.failures += 1
+                raise BinanceRefused(status)
             if status != 200:
                 self.failures += 1
-                raise RestError(f"aggTrades {symbol} fromId={from_id}: HTTP {status} {body[:200]!r}")
-            return self._parse(body, symbol)
-        raise RestError(f"aggTrades {symbol} fromId={from_id}: {last_problem} after {_MAX_ATTEMPTS} attempts")
+                raise RestError(f"{what}: HTTP {status} {body[:200]!r}")
+            return body
+        raise RestError(f"{what}: {last_problem} after {_MAX_ATTEMPTS} attempts")
 
     def _parse(self, body: bytes, symbol: str) -> list[BinanceAggTrade]:
         try:

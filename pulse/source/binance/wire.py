@@ -37,6 +37,11 @@ EpochMs = Annotated[int, msgspec.Meta(ge=0)]
 _is_symbol = re.compile(SYMBOL_PATTERN).match
 
 
+def is_symbol(name: str) -> bool:
+    """Whether `name` is spelled as Binance spells symbols (upper case)."""
+    return _is_symbol(name) is not None
+
+
 class InvalidFrame(ValueError):
     """A frame that cannot become a trade; `reason` is what goes to the dead-letter topic."""
 
