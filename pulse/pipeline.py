@@ -11,11 +11,13 @@ leaves nothing behind: producer, queries, Spark, store, broker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
@@ -104,7 +106,8 @@ class Pipeline:
             self.settings.data_dir.mkdir(parents=True, exist_ok=True)
             self._say(f"starting the Kafka broker (KRaft, single node) under {self.settings.data_dir / 'kafka'}")
             self._broker = LocalKafkaBroker(self.settings.jars_dir, self.settings.data_dir)
-            self._bootstrap = self._broker.start()
+            with _sigint_ignored_by_children():
+                self._bootstrap = self._broker.start()
         return self._bootstrap
 
     @property
@@ -301,6 +304,25 @@ class Pipeline:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def _sigint_ignored_by_children() -> Iterator[None]:
+    """Children started meanwhile inherit an ignored SIGINT (a Python handler is reset at exec).
+
+    A terminal's Ctrl-C signals the whole foreground process group, the broker JVM included, and
+    a JVM does not install its shutdown handler for a signal it inherited as ignored (pyspark
+    starts Spark's JVM the same way). So Ctrl-C reaches only Pulse, and `stop()` ends the broker
+    last, after the producer flushed. A Ctrl-C while the broker starts is ignored too.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
 
 
 async def _forward(flag: threading.Event, stop: asyncio.Event) -> None:
