@@ -1,48 +1,91 @@
-"""The `pulse` command line: the one entry point that reads settings and passes them inward."""
+"""The `pulse` command line: the one entry point that reads settings and passes them inward.
+
+It turns arguments into settings, checks what a user can get wrong before any JVM starts (files,
+symbols, Java and the jars, a named Kafka), chooses what to run, and turns what went wrong into
+one line on stderr saying what happened and what to do: exit 2 for usage, 1 for everything else,
+a traceback only with `--debug` (or PULSE_DEBUG=1). Heavy modules (Spark, chDB, rich) are imported
+by the handlers that need them only: the docker images run `pulse produce` and `pulse process`
+without some of them (tests/stack/test_images.py reads these imports).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import os
+import shutil
 import signal
+import socket
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from pulse.settings import PulseSettings
 
 if TYPE_CHECKING:
+    from pulse.dashboard import WarningCount
     from pulse.source.base import Source
+
+log = logging.getLogger(__name__)
 
 
 class UsageError(Exception):
     """A command line that cannot work as given: exit 2 with one line saying what to change."""
 
 
+class Unavailable(Exception):
+    """Something the command needs is missing or unreachable (Java, the jars, Kafka): exit 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse prints the whole usage block; one line says the same and where the help is.
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _speed(value: str) -> float | None:
     if value.lower() == "max":
         return None
-    speed = float(value)
+    try:
+        speed = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"speed must be a number > 0, or 'max' (got {value!r})") from None
     if speed <= 0:
         raise argparse.ArgumentTypeError("speed must be > 0, or 'max'")
     return speed
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pulse", description="Pulse: live crypto trading signals.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error (or PULSE_DEBUG=1)")
+    parser = _Parser(prog="pulse", description="Pulse: live crypto trading signals.", parents=[common])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    demo = commands.add_parser("demo", help="run the whole pipeline locally on a recording")
+    demo = commands.add_parser("demo", help="run the whole pipeline locally on a recording", parents=[common])
     demo.add_argument("--input", type=Path, default=None,
                       help="recording to replay (.raw/.jsonl frames or archive .csv); default: bundled USD-M recording")
     demo.add_argument("--symbol", default=None, help="symbol for recordings that carry none (archive CSV)")
     demo.add_argument("--speed", type=_speed, default=10.0, help="multiple of the recorded pace, or 'max' (default 10)")
-    demo.add_argument("--data-dir", type=Path, default=None, help="where broker, checkpoints and results live")
+    demo.add_argument("--data-dir", type=Path, default=None, help="where broker, checkpoints, results and logs live")
     demo.add_argument("--no-live-view", action="store_true", help="print only progress and the summary")
 
-    produce = commands.add_parser("produce", help="run the producer: Binance (or a replay, or synthetic) -> Kafka")
-    produce.add_argument("--symbols", default=None, help="comma-separated, e.g. BTCUSDT,ETHUSDT (default: settings)")
+    live = commands.add_parser("live", help="the whole pipeline locally on live Binance trades, until Ctrl-C",
+                               parents=[common])
+    live.add_argument("--symbols", default=None,
+                      help="comma-separated Binance symbols (BTCUSDT,ETHUSDT; BTCUSDT_260327; BTCUSD_PERP on COIN-M),"
+                           " or 'all' for every trading symbol of the market (default: settings, BTCUSDT)")
+    live.add_argument("--market", choices=["usdm", "spot", "coinm"], default=None,
+                      help="Binance market (default: settings, usdm = USD-M futures)")
+    live.add_argument("--data-dir", type=Path, default=None, help="where broker, checkpoints, results and logs live")
+    live.add_argument("--no-live-view", action="store_true", help="print progress lines instead of the dashboard")
+
+    produce = commands.add_parser("produce", help="run the producer: Binance (or a replay, or synthetic) -> Kafka",
+                                  parents=[common])
+    produce.add_argument("--symbols", default=None,
+                         help="comma-separated, e.g. BTCUSDT,ETHUSDT, or 'all' (default: settings)")
     produce.add_argument("--source", choices=["live", "replay", "synthetic"], default="live")
     produce.add_argument("--market", choices=["usdm", "spot", "coinm"], default=None,
                          help="Binance market of the live source (default: settings, USD-M futures)")
@@ -57,12 +100,14 @@ def _build_parser() -> argparse.ArgumentParser:
     produce.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics and /health port")
     produce.add_argument("--data-dir", type=Path, default=None, help="where the embedded broker keeps its data")
 
-    sql = commands.add_parser("sql", help="query the results of a run (chDB store in the data directory)")
+    sql = commands.add_parser("sql", help="query the results of a run (chDB store in the data directory)",
+                              parents=[common])
     sql.add_argument("query", help='e.g. "SELECT symbol, count() FROM pulse_metrics GROUP BY symbol"')
     sql.add_argument("--data-dir", type=Path, default=None)
     sql.add_argument("--format", choices=["CSV", "pretty", "TSV", "JSONEachRow"], default="pretty")
 
-    process = commands.add_parser("process", help="run the Spark processor headless until SIGINT/SIGTERM")
+    process = commands.add_parser("process", help="run the Spark processor headless until SIGINT/SIGTERM",
+                                  parents=[common])
     process.add_argument("--bootstrap-servers", default=None,
                          help="Kafka bootstrap servers (default: PULSE_KAFKA__BOOTSTRAP_SERVERS)")
     process.add_argument("--topic", default=None, help="trades topic (default: PULSE_KAFKA__TRADES_TOPIC)")
@@ -92,12 +137,19 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def _stop_on_signals() -> threading.Event:
-    """SIGINT and SIGTERM ask the pipeline to stop; it then drains, flushes and releases everything."""
+def _stop_on_signals(say_what: bool = True) -> threading.Event:
+    """SIGINT and SIGTERM ask the pipeline to stop; it then drains, flushes and releases everything.
+
+    A second Ctrl-C stops waiting: it interrupts whatever the main thread waits on, and the
+    pipeline is still stopped in order on the way out.
+    """
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:
-        _say(f"received {signal.Signals(signum).name}: stopping")
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if say_what:
+            _say(f"received {signal.Signals(signum).name}: stopping")
         stop.set()
 
     signal.signal(signal.SIGINT, request_stop)
@@ -105,12 +157,159 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+# -- what a user can get wrong, checked before anything starts ------------------------------------
+
+_SNIFF_LINES = 5000
+
+
+def _check_recording(path: Path, symbol: str | None) -> None:
+    """The file exists, can be read, and holds lines a replay reads; else a usage error saying so."""
+    if not path.exists():
+        raise UsageError(f"no file at {path}: check the path given to --input")
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder: pass one recording file to --input")
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(4096)
+            handle.seek(0)
+            lines = [handle.readline() for _ in range(_SNIFF_LINES)]
+    except OSError as error:
+        raise UsageError(f"cannot read {path}: {error.strerror}") from None
+    if head.startswith(b"PK\x03\x04"):
+        raise UsageError(f"{path} is a zip archive: unzip it and pass the CSV inside to --input")
+    if head.startswith(b"\x1f\x8b"):
+        raise UsageError(f"{path} is gzip-compressed: gunzip it and pass the result to --input")
+    if b"\x00" in head:
+        raise UsageError(f"{path} is not a text file: --input takes aggTrade JSON frames or Binance archive CSV")
+    kinds = {_line_kind(line.decode("utf-8", "replace")) for line in lines if line}
+    if "csv" in kinds and not symbol:
+        raise UsageError(f"{path} holds archive CSV rows, which carry no symbol: pass --symbol (e.g. BTCUSDT)")
+    if not kinds & {"json", "csv"}:
+        raise UsageError(f"{path} is in no format Pulse reads: --input takes aggTrade JSON frames (one per line,"
+                         " bare or in the combined-stream envelope) or Binance archive CSV")
+
+
+def _line_kind(line: str) -> str:
+    text = line.strip()
+    head, _, rest = text.partition(": ")
+    if rest and head.replace(".", "", 1).isdigit():  # cryptofeed's `<unix seconds>: ` prefix
+        text = rest
+    if text.startswith("{"):
+        return "json"
+    if text[:1].isdigit() and "," in text:
+        return "csv"
+    return "other"
+
+
+def _symbols_arg(value: str) -> list[str]:
+    from pulse.source.binance.wire import is_symbol  # noqa: PLC0415
+
+    symbols = [part.strip().upper() for part in value.split(",") if part.strip()]
+    if not symbols:
+        raise UsageError("--symbols needs at least one symbol, e.g. BTCUSDT,ETHUSDT, or 'all'")
+    if symbols != ["ALL"]:
+        wrong = [symbol for symbol in symbols if not is_symbol(symbol)]
+        if wrong:
+            raise UsageError(f"{', '.join(wrong)}: not spelled as Binance spells symbols"
+                             " (A-Z 0-9 _ . -, e.g. BTCUSDT, BTCUSDT_260327, BTCUSD_PERP)")
+    return symbols
+
+
+def _resolve_symbols(settings: PulseSettings) -> PulseSettings:
+    """The symbols checked against the market's exchangeInfo ('all' listed), before any JVM starts."""
+    import asyncio  # noqa: PLC0415
+
+    from pulse.source.binance.live import market_symbols  # noqa: PLC0415
+
+    symbols = asyncio.run(market_symbols(settings.producer, settings.producer.symbols))
+    return settings.override(producer={"symbols": symbols})
+
+
+def _check_jvm(settings: PulseSettings, broker: bool, spark: bool) -> None:
+    """Java on PATH and the pinned jars from `make setup`, for the JVMs this command starts."""
+    if shutil.which("java") is None:
+        raise Unavailable("Java was not found on PATH: install Java 17 or newer (the Kafka broker and Spark run"
+                          " on it), then run `make setup`")
+    folders = ([("Kafka broker", settings.jars_dir / "kafka-broker", "kafka_2.13-*.jar")] if broker else []) + (
+        [("Spark Kafka connector", settings.jars_dir / "spark-kafka", "spark-sql-kafka-0-10*.jar")] if spark else [])
+    for what, folder, pattern in folders:
+        if not any(folder.glob(pattern)):
+            maven = "" if shutil.which("mvn") else " (it fetches them with Maven, which is not installed: install it)"
+            raise Unavailable(f"the {what} jars are not in {folder}: run `make setup`{maven},"
+                              " or point PULSE_JARS_DIR at a copy")
+
+
+def _check_kafka(bootstrap: str) -> None:
+    """A named Kafka answers on at least one of its addresses; else nothing would ever be written."""
+    problems = []
+    for address in bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=3):
+                return
+        except (OSError, ValueError) as error:
+            problems.append(f"{address.strip()}: {getattr(error, 'strerror', None) or error}")
+    raise Unavailable(f"cannot reach Kafka at {'; '.join(problems)}: start it, or fix --bootstrap-servers"
+                      " / PULSE_KAFKA__BOOTSTRAP_SERVERS")
+
+
+# -- logs: files under the data directory, the terminal for Pulse's own lines -------------------
+
+def _log_to_files(settings: PulseSettings) -> WarningCount:
+    """Every Python log record (Pulse's, py4j's, asyncio's) to `<data_dir>/logs/pulse.log` as JSON lines;
+    the dashboard shows how many warnings there were and where, not the warnings themselves."""
+    from pulse.dashboard import WarningCount  # noqa: PLC0415
+    from pulse.telemetry import JsonLogFormatter  # noqa: PLC0415
+
+    logs = settings.data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    path = logs / "pulse.log"
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(JsonLogFormatter())
+    counter = WarningCount(path)
+    root = logging.getLogger()
+    root.handlers[:] = [handler, counter]
+    root.setLevel(logging.INFO)
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    # An exception on a thread of ours (or Spark's callback thread) goes to the file, not the screen.
+    threading.excepthook = lambda hook: log.error("thread %s failed", getattr(hook.thread, "name", "?"),
+                                                  exc_info=hook.exc_value)
+    return counter
+
+
+# -- the commands --------------------------------------------------------------------------------
+
 def _run_demo(args: argparse.Namespace, settings: PulseSettings) -> int:
     from pulse.demo import BUNDLED_RECORDING, run_demo  # noqa: PLC0415 - keeps `pulse sql` light
 
-    summary = run_demo(settings, args.input or BUNDLED_RECORDING, args.symbol, args.speed, _say,
-                       live_view=not args.no_live_view)
+    path = args.input or BUNDLED_RECORDING
+    _check_recording(path, args.symbol)
+    _check_jvm(settings, broker=not settings.kafka.bootstrap_servers, spark=True)
+    warnings = _log_to_files(settings)
+    summary = run_demo(settings, path, args.symbol, args.speed, _say, live_view=not args.no_live_view,
+                       warnings=warnings)
     _say(summary.render())
+    if summary.problem is not None:
+        raise _Failed(summary.problem)
+    return 0
+
+
+def _run_live(args: argparse.Namespace, settings: PulseSettings) -> int:
+    settings = settings.override(producer=_given(
+        market=args.market, symbols=_symbols_arg(args.symbols) if args.symbols is not None else None))
+    kafka = settings.kafka.bootstrap_servers
+    if kafka:
+        _check_kafka(kafka)
+    _check_jvm(settings, broker=not kafka, spark=True)
+    settings = _resolve_symbols(settings)
+    from pulse.live import run_live  # noqa: PLC0415 - Spark, chDB and rich only for runs that compute
+
+    warnings = _log_to_files(settings)
+    stop = _stop_on_signals(say_what=False)
+    summary = run_live(settings, _say, stop, dashboard=not args.no_live_view, warnings=warnings)
+    _say(summary.render())
+    if summary.problem is not None:
+        raise _Failed(summary.problem)
     return 0
 
 
@@ -122,6 +321,7 @@ def _source(args: argparse.Namespace, settings: PulseSettings) -> Source:
     if args.source == "replay":
         if args.input is None:
             raise UsageError("--source replay needs --input FILE")
+        _check_recording(args.input, args.symbol)
         return ReplaySource(args.input, args.symbol, args.speed)
     if args.source == "synthetic":
         return SyntheticSource(settings.producer.symbols, args.rate, args.total)
@@ -133,9 +333,16 @@ def _run_produce(args: argparse.Namespace, settings: PulseSettings) -> int:
     from pulse.telemetry import configure_json_logging  # noqa: PLC0415
 
     settings = settings.override(
-        producer=_given(market=args.market, symbols=args.symbols, metrics_port=args.metrics_port),
+        producer=_given(market=args.market, symbols=_symbols_arg(args.symbols) if args.symbols else None,
+                        metrics_port=args.metrics_port),
         kafka=_given(bootstrap_servers=args.bootstrap_servers))
+    if args.source == "live" and settings.producer.symbols == ["ALL"]:
+        settings = _resolve_symbols(settings)
     source = _source(args, settings)
+    if settings.kafka.bootstrap_servers:
+        _check_kafka(settings.kafka.bootstrap_servers)
+    else:
+        _check_jvm(settings, broker=True, spark=False)
     configure_json_logging()
     stop = _stop_on_signals()
     with Pipeline(settings) as run:
@@ -146,13 +353,34 @@ def _run_produce(args: argparse.Namespace, settings: PulseSettings) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _output_discarded() -> Iterator[None]:
+    """chDB prints its own error text to stdout when it cannot open a store; Pulse says it in one line."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _run_sql(args: argparse.Namespace, settings: PulseSettings) -> int:
     from pulse.storage.clickhouse import ChdbTransport  # noqa: PLC0415
 
     if not settings.chdb_path.exists():
-        _say(f"no results at {settings.chdb_path}: run `pulse demo` first (or pass --data-dir)")
-        return 2
-    transport = ChdbTransport(settings.chdb_path, settings.clickhouse.database)
+        raise UsageError(f"no results at {settings.chdb_path}: run `pulse demo` or `pulse live` first"
+                         " (or pass the --data-dir of that run)")
+    try:
+        with _output_discarded():
+            transport = ChdbTransport(settings.chdb_path, settings.clickhouse.database)
+    except RuntimeError as error:
+        if "Failed to create connection" not in str(error):
+            raise
+        raise Unavailable(f"the store at {settings.chdb_path} is open in another process (a running `pulse live`"
+                          " or `pulse demo`?): query it once that run has stopped") from None
     try:
         fmt = "PrettyCompactMonoBlock" if args.format == "pretty" else args.format
         sys.stdout.write(transport.query_text(args.query, fmt))
@@ -169,8 +397,9 @@ def _run_process(args: argparse.Namespace, settings: PulseSettings) -> int:
         spark=_given(starting_offsets=args.starting_offsets),
         clickhouse={"apply_schema": True} if args.apply_schema else {})
     if not settings.kafka.bootstrap_servers:
-        _say("no Kafka to read from: set PULSE_KAFKA__BOOTSTRAP_SERVERS or pass --bootstrap-servers")
-        return 2
+        raise UsageError("no Kafka to read from: set PULSE_KAFKA__BOOTSTRAP_SERVERS or pass --bootstrap-servers")
+    _check_kafka(settings.kafka.bootstrap_servers)
+    _check_jvm(settings, broker=False, spark=True)
     stop = _stop_on_signals()
     spark = settings.spark
     with Pipeline(settings, _say) as run:
@@ -189,19 +418,106 @@ def _run_process(args: argparse.Namespace, settings: PulseSettings) -> int:
     return 0
 
 
+# -- errors as one line ----------------------------------------------------------------------------
+
+class _Failed(Exception):
+    """The run ended and produced nothing; the summary above says why, this line sums it up."""
+
+
+def _loaded(module: str, name: str) -> type[BaseException] | None:
+    """An exception class of `module` if the module was imported (an error cannot come from one that was not)."""
+    found = getattr(sys.modules.get(module), name, None)
+    return found if isinstance(found, type) and issubclass(found, BaseException) else None
+
+
+def _is(error: BaseException, module: str, name: str) -> bool:
+    kind = _loaded(module, name)
+    return kind is not None and isinstance(error, kind)
+
+
+def _first_line(error: BaseException, limit: int = 300) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = text.split(" Expected one of:")[0]  # ClickHouse lists every token it would have taken
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def explain(error: BaseException, settings: PulseSettings | None) -> tuple[int, str]:  # noqa: PLR0911 - one per kind
+    """Exit code and the one line for an error a user can cause; anything else is 'unexpected'."""
+    logs = settings.data_dir / "logs" if settings is not None else Path("logs")
+    if isinstance(error, UsageError):
+        return 2, str(error)
+    if isinstance(error, (Unavailable, _Failed)):
+        return 1, str(error)
+    if _is(error, "pydantic", "ValidationError"):
+        first = error.errors()[0]  # type: ignore[attr-defined]
+        name = "PULSE_" + "__".join(str(part) for part in first["loc"]).upper()
+        return 2, f"invalid setting {name}: {first['msg']}; check the environment and .env"
+    if _is(error, "pulse.source.binance.live", "UnknownSymbols") or _is(error, "pulse.source.replay",
+                                                                           "ReplayFormatError"):
+        return 2, str(error)
+    if _is(error, "pulse.source.binance.rest", "BinanceRefused"):
+        return 1, str(error)
+    if _is(error, "pulse.live", "StreamRefused") or _is(error, "pulse.live", "StreamUnreachable"):
+        return 1, str(error)
+    if _is(error, "pulse.source.binance.rest", "RestError"):
+        return 1, (f"Binance's REST API did not answer as expected ({_first_line(error)}): check the network"
+                   " (or PULSE_PRODUCER__REST_BASE_URL)")
+    if _is(error, "pulse.broker.local_kafka", "KafkaStartError"):
+        return 1, f"the Kafka broker did not start: {_first_line(error)}"
+    if _is(error, "aiokafka.errors", "KafkaError"):
+        return 1, f"Kafka failed: {_first_line(error)}; is the broker running and reachable?"
+    if type(error).__name__ == "ChdbError":
+        return 1, f"ClickHouse refused the query: {_first_line(error)}"
+    if _is(error, "clickhouse_connect.driver.exceptions", "Error"):
+        return 1, f"ClickHouse (HTTP) failed: {_first_line(error)}; check PULSE_CLICKHOUSE__* settings"
+    if isinstance(error, RuntimeError) and str(error).startswith("streaming query"):
+        return 1, f"the Spark job failed: {_first_line(error)}; Spark's log: {logs / 'spark.log'}"
+    if _is(error, "pyspark.errors", "PySparkException"):
+        return 1, f"Spark failed to start: {_first_line(error)}; see {logs / 'spark-jvm.log'}"
+    if isinstance(error, OSError) and error.filename:
+        return 1, f"{error.strerror or error}: {error.filename}"
+    return 1, (f"unexpected error: {type(error).__name__}: {_first_line(error)} (details in {logs / 'pulse.log'};"
+               " --debug prints the traceback)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    settings = _settings_for(args)
-    handlers = {"demo": _run_demo, "produce": _run_produce, "sql": _run_sql, "process": _run_process}
+    debug = args.debug or os.environ.get("PULSE_DEBUG", "").lower() in ("1", "true", "yes")
+    handlers = {"demo": _run_demo, "live": _run_live, "produce": _run_produce, "sql": _run_sql,
+                "process": _run_process}
+    settings: PulseSettings | None = None
     try:
-        return handlers[args.command](args, settings)
-    except UsageError as error:
-        print(f"pulse {args.command}: {error}", file=sys.stderr)
-        return 2
+        settings = _settings_for(args)
+        code = handlers[args.command](args, settings)
     except KeyboardInterrupt:
         _say("interrupted: everything was stopped")
-        return 130
+        code = 130
+    except Exception as error:
+        if debug:
+            raise
+        code, line = explain(error, settings)
+        if code == 1 and line.startswith("unexpected"):
+            log.error("pulse %s failed", args.command, exc_info=error)
+        print(f"pulse {args.command}: {line}", file=sys.stderr, flush=True)
+    if argv is None:
+        _exit(code)
+    return code
+
+
+def _exit(code: int) -> NoReturn:
+    """The end of a `pulse` process: flush, then leave without the interpreter's finalization.
+
+    Everything was stopped in order by then (Pipeline.stop). What finalization would still run are
+    destructors of native libraries (chDB's engine, py4j's threads) in an order none of them
+    controls; a crash there would turn a clean run into a death by signal.
+    """
+    logging.shutdown()
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

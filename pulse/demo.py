@@ -1,20 +1,23 @@
 """`pulse demo`: the whole pipeline on this machine, end to end, on a recording.
 
-Embedded Kafka broker -> replay producer -> Spark job -> chDB, with a live view of the newest
-windows per symbol, a summary at the end, and everything stopped cleanly (also on Ctrl-C).
-The results stay in `<data_dir>/chdb` for `pulse sql`.
+Embedded Kafka broker -> replay producer -> Spark job -> chDB, with the terminal dashboard
+(`pulse.dashboard`) while it runs, a summary at the end, and everything stopped cleanly (also on
+Ctrl-C). The results stay in `<data_dir>/chdb` for `pulse sql`. The summary (`RunSummary`) is
+`pulse live`'s too; a run in which nothing became a trade, or no trade became a window, is a
+failure it names (`RunSummary.problem`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pulse.dashboard import Dashboard, WarningCount
 from pulse.pipeline import Pipeline
+from pulse.producer import ProducerService
 from pulse.resources import bundled_recording
 from pulse.settings import PulseSettings
 from pulse.source.replay import ReplaySource
@@ -23,10 +26,11 @@ from pulse.storage.clickhouse import ClickHouseTransport
 BUNDLED_RECORDING = bundled_recording()
 
 Say = Callable[[str], None]
+_SUMMARY_SYMBOLS = 20
 
 
 @dataclass
-class DemoSummary:
+class RunSummary:
     trades_in: int
     published: int
     dead_lettered: int
@@ -39,18 +43,36 @@ class DemoSummary:
     data_dir: Path
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     dead_letter_examples: dict[str, str] = field(default_factory=dict)
+    kind: str = "demo"
+    # What was replayed or streamed, for the verdict ("binance-usdm-ws-2021-04-05.raw").
+    source: str = ""
+    frames: int = 0
+    gaps: int = 0
+    dropped: int = 0
 
     def render(self) -> str:
         lines = [
             "",
-            "== Pulse demo summary",
+            f"== Pulse {self.kind} summary",
             f"trades in:        {self.trades_in} (published {self.published}, dead-lettered {self.dead_lettered},"
             f" skipped non-trade lines {self.skipped_lines})",
         ]
-        lines += [f"  dead letters:   {count} x {reason}" for reason, count in
-                  sorted(self.dead_letter_reasons.items(), key=lambda kv: -kv[1])]
+        if self.kind == "live":
+            lines.append(f"frames received:  {self.frames}; gaps {self.gaps}; dropped by the queue {self.dropped}")
+        if not self.dead_letter_reasons:
+            lines.append("dead letters:     none")
+        else:
+            lines.append("dead letters by reason:")
+            for reason, count in sorted(self.dead_letter_reasons.items(), key=lambda kv: -kv[1]):
+                lines.append(f"  {count} x {reason}")
+                if reason in self.dead_letter_examples:
+                    lines.append(f"      e.g. {self.dead_letter_examples[reason]}")
         lines.append(f"windows out:      {self.windows_out} one-second windows in pulse_metrics")
-        lines += [f"  {symbol:<12} {count} windows" for symbol, count in sorted(self.windows_by_symbol.items())]
+        # `--symbols all` streams hundreds: the busiest are named, the rest counted.
+        busiest = sorted(self.windows_by_symbol.items(), key=lambda kv: -kv[1])[:_SUMMARY_SYMBOLS]
+        lines += [f"  {symbol:<14} {count} windows" for symbol, count in sorted(busiest)]
+        if len(self.windows_by_symbol) > len(busiest):
+            lines.append(f"  ... and {len(self.windows_by_symbol) - len(busiest)} more symbols")
         lines.append("signals:")
         lines += [f"  {kind:<14} {count}" for kind, count in sorted(self.signals.items(), key=lambda kv: -kv[1])]
         lines.append(f"rejected by the processor: {self.rejects}")
@@ -59,83 +81,90 @@ class DemoSummary:
                      f" --data-dir {self.data_dir}")
         return "\n".join(lines)
 
-
-LIVE_VIEW_SQL = """
-SELECT symbol, window_start, trade_count AS trades, round(vwap, 6) AS vwap,
-       round(avg_price_1_sec, 6) AS avg_price, round(net_delta, 4) AS net_delta,
-       round(buy_pressure_pct, 1) AS buy_pct, signal
-FROM pulse_metrics FINAL
-ORDER BY window_start DESC LIMIT 1 BY symbol
-"""
-
-
-class LiveView:
-    """Prints the newest window per symbol every `period_s` while the pipeline runs."""
-
-    def __init__(self, transport: ClickHouseTransport, say: Say, period_s: float = 2.0) -> None:
-        self._transport = transport
-        self._say = say
-        self._period_s = period_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="pulse-live-view", daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._period_s):
-            text = self._transport.query_text(LIVE_VIEW_SQL)
-            if text.strip():
-                self._say(f"-- newest windows ({time.strftime('%H:%M:%S')})\n{text.rstrip()}")
-
-    def __enter__(self) -> LiveView:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+    @property
+    def problem(self) -> str | None:
+        """Why this run produced nothing, in one line (None: it did)."""
+        what = self.source or "the input"
+        if self.trades_in == 0:
+            if self.dead_letter_reasons:
+                reason, count = max(self.dead_letter_reasons.items(), key=lambda kv: kv[1])
+                return (f"no trade came out of {what}: {self.dead_lettered} records dead-lettered"
+                        f" ({count} x {reason}), {self.skipped_lines} non-trade lines skipped;"
+                        " the summary above shows an example of each reason")
+            return (f"no trade came out of {what}: {self.skipped_lines} non-trade lines skipped and nothing"
+                    " else in it; is it an aggTrade recording (JSON frames or Binance archive CSV)?")
+        if self.windows_out == 0:
+            return (f"{self.trades_in} trades made no window: {self.rejects} rejected by the processor;"
+                    f" see pulse_rejects (pulse sql) and {self.data_dir / 'logs'}")
+        return None
 
 
-def summarize(transport: ClickHouseTransport) -> tuple[dict[str, int], dict[str, int], int]:
+# The name the demo's callers know.
+DemoSummary = RunSummary
+
+
+def summarize(transport: ClickHouseTransport, since_version: int = 0, since_ms: int = 0
+              ) -> tuple[dict[str, int], dict[str, int], int]:
+    """Windows by symbol and by signal, and rejects, of the run that wrote Spark batch `since_version` on."""
+    where = f"WHERE version >= {int(since_version)}"
     by_symbol = transport.query_arrow(
-        "SELECT symbol, count() AS windows FROM pulse_metrics FINAL GROUP BY symbol").to_pylist()
+        f"SELECT symbol, count() AS windows FROM pulse_metrics FINAL {where} GROUP BY symbol").to_pylist()
     signals = transport.query_arrow(
-        "SELECT signal, count() AS windows FROM pulse_metrics FINAL GROUP BY signal").to_pylist()
-    rejects = transport.query_arrow("SELECT count() AS n FROM pulse_rejects FINAL").to_pylist()[0]["n"]
+        f"SELECT signal, count() AS windows FROM pulse_metrics FINAL {where} GROUP BY signal").to_pylist()
+    rejects = transport.query_arrow(
+        "SELECT count() AS n FROM pulse_rejects FINAL"
+        f" WHERE rejected_at >= fromUnixTimestamp64Milli(toInt64({int(since_ms)}))").to_pylist()[0]["n"]
     return ({r["symbol"]: r["windows"] for r in by_symbol}, {r["signal"]: r["windows"] for r in signals},
             int(rejects))
 
 
+def summary_of(run: Pipeline, service: ProducerService, kind: str, source: str, started: float,
+               since_version: int = 0, since_ms: int = 0) -> RunSummary:
+    """Stop the queries and sum up what the run did, producer and store alike."""
+    transport = run.store()
+    run.stop_job()
+    if run.settings.clickhouse.transport == "chdb":
+        # Merge every window's versions now, so the table itself holds one row per window.
+        transport.command("OPTIMIZE TABLE pulse_metrics FINAL")
+    by_symbol, signals, rejects = summarize(transport, since_version, since_ms)
+    router = service.router
+    snapshot = service.snapshot()
+    counters, labelled = snapshot.counters, snapshot.labelled_counters
+    return RunSummary(
+        trades_in=router.trades, published=service.published, dead_lettered=router.invalid,
+        skipped_lines=int(counters.get("replay_lines_skipped", 0) + counters.get("frames_skipped", 0)),
+        windows_out=sum(by_symbol.values()), windows_by_symbol=by_symbol, signals=signals,
+        rejects=rejects, elapsed_s=time.monotonic() - started, data_dir=run.settings.data_dir,
+        dead_letter_reasons=dict(router.invalid_reasons), dead_letter_examples=dict(router.invalid_examples),
+        kind=kind, source=source, frames=int(counters.get("frames_received", 0)),
+        gaps=int(counters.get("gaps_found", counters.get("gap_events", 0))),
+        dropped=int(sum(labelled.get(("records_dropped", "symbol"), {}).values())),
+    )
+
+
 def run_demo(settings: PulseSettings, input_path: Path, symbol: str | None, speed: float | None,
-             say: Say, live_view: bool = True) -> DemoSummary:
+             say: Say, live_view: bool = True, warnings: WarningCount | None = None) -> RunSummary:
     started = time.monotonic()
     # A demo replays its recording from the start, and its /metrics never collides with a running producer.
     settings = settings.override(spark={"starting_offsets": "earliest"}, producer={"metrics_port": 0})
     source = ReplaySource(input_path, symbol, speed)
+    pace = "as fast as possible" if speed is None else f"{speed:g}x the recorded pace"
     with Pipeline(settings) as run:
         run.reset()
         say(f"[1/5] starting the Kafka broker (KRaft, single node) under {settings.data_dir / 'kafka'}")
         run.create_topics()
         say(f"[2/5] opening ClickHouse (chDB) at {settings.chdb_path} and creating the schema")
-        transport = run.store()
+        run.store()
         say("[3/5] starting Spark (local mode) with the Kafka connector; first start takes ~20s")
         run.start_job()
-        pace = "as fast as possible" if speed is None else f"{speed:g}x the recorded pace"
         say(f"[4/5] replaying {input_path.name} {pace}")
-        with LiveView(transport, say) if live_view else contextlib.nullcontext():
+        view = Dashboard(run, f"Pulse demo · {input_path.name} · {pace}", live=False, symbols=source.symbols,
+                         warnings=warnings).running() if live_view else contextlib.nullcontext()
+        with view:
             service = run.produce(source)
             router = service.router
             say(f"      replay done: {router.trades} trades, {router.invalid} invalid;"
                 " waiting for Spark to process the last offsets")
             run.wait_caught_up(timeout_s=120)
         say("[5/5] stopping Spark and the broker")
-        run.stop_job()
-        # Merge every window's versions now, so the table itself holds one row per window.
-        transport.command("OPTIMIZE TABLE pulse_metrics FINAL")
-        by_symbol, signals, rejects = summarize(transport)
-        counters = service.snapshot().counters
-        return DemoSummary(
-            trades_in=router.trades, published=service.published, dead_lettered=router.invalid,
-            skipped_lines=int(counters["replay_lines_skipped"] + counters["frames_skipped"]),
-            windows_out=sum(by_symbol.values()), windows_by_symbol=by_symbol, signals=signals,
-            rejects=rejects, elapsed_s=time.monotonic() - started, data_dir=settings.data_dir,
-            dead_letter_reasons=dict(router.invalid_reasons), dead_letter_examples=dict(router.invalid_examples),
-        )
+        return summary_of(run, service, "demo", input_path.name, started)

@@ -37,7 +37,8 @@ REQUIREMENTS = ROOT / "requirements.txt"
 IMAGES = ("producer", "processor", "jupyter")
 # In requirements.txt for `make setup`, in no image: the in-process ClickHouse of `make demo` and
 # the tests. Every service talks HTTP to the ClickHouse server (checked below).
-LOCAL_ONLY = {"chdb": "the in-process engine", "chdb-core": "chdb's engine"}
+LOCAL_ONLY = {"chdb": "the in-process engine", "chdb-core": "chdb's engine",
+              "rich": "the terminal dashboard of `pulse live` and `pulse demo`, which no image runs"}
 # Used at run time without an import statement of Pulse's own.
 IMPLIED = {
     # ProducerSettings.compression is lz4 by default; aiokafka's lz4 codec is cramjam.
