@@ -28,7 +28,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -267,3 +269,21 @@ class BinanceDouble:
             and (symbol, payload["a"]) not in self.unfillable
         ][:limit]
         return web.json_response(rows, headers={"X-MBX-USED-WEIGHT-1M": str(20 * self.rest_calls)})
+
+
+@contextlib.contextmanager
+def double_in_thread(tape: list[dict[str, Any]], **options: Any) -> Iterator[BinanceDouble]:
+    """The double on an event loop of its own thread, for a `pulse` run in another process.
+    Its controls are plain attributes, set from the test's thread."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="binance-double", daemon=True)
+    thread.start()
+    double = BinanceDouble(tape, **options)
+    try:
+        asyncio.run_coroutine_threadsafe(double.start(), loop).result(timeout=30)
+        yield double
+    finally:
+        asyncio.run_coroutine_threadsafe(double.stop(), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=30)
+        loop.close()
