@@ -1,0 +1,289 @@
+"""Beyond one machine, on real engines started here on loopback: a Spark standalone cluster and a
+three-broker Kafka cluster, each losing a member mid-stream.
+
+- Spark: a master and a worker from pyspark's own distribution run the Pulse job, started as users
+  start it (`pulse process` with PULSE_SPARK__MASTER=spark://…, through `Pipeline`). The driver
+  is a child process because a Spark driver is one per process, and this one already has the
+  tests' local[2] session. The worker (with its executors) is killed mid-stream and started again.
+- Kafka: three KRaft nodes from the pinned jars (`LocalKafkaBroker(nodes=3)`), the trades topic
+  with replication factor 3 and min.insync.replicas=2; the leader of a partition is killed with
+  SIGKILL while the synthetic source publishes through the producer and the job reads.
+
+Windows are compared with the independent reference (tests/support/reference.py). No JVM may
+outlive a test: every process started here is tied to this one (PR_SET_PDEATHSIG), stopped in
+`finally`, and looked for afterwards with psutil by the folder it ran in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pulse.broker.local_kafka import LocalKafkaBroker, end_offsets, free_port
+from pulse.compute.spark_session import connector_jars
+from pulse.pipeline import Pipeline
+from pulse.settings import KafkaSettings, PulseSettings
+from pulse.source.synthetic import SyntheticSource
+from pulse.storage.clickhouse import ChdbTransport, apply_schema
+from tests.support.names import unique_name
+from tests.support.pipeline import metrics_rows, publish_recording
+from tests.support.processor_process import WINDOWS_SQL, pulse_sql
+from tests.support.producer_harness import fresh_topics
+from tests.support.recordings import SPOT_RAW, USDM_RAW, recording
+from tests.support.reference import RefWindow, reference_windows, trades_from_recording
+from tests.support.scale_out import (
+    batches,
+    describe_topic,
+    health_status,
+    ids_in_topic_order,
+    read_topic,
+    ref_trades,
+    start_pulse_process,
+)
+from tests.support.spark_standalone import StandaloneCluster, app_dirs, leftovers, shipped_jars
+
+pytestmark = pytest.mark.integration
+
+JOB_TIMEOUT_S = 300
+
+
+def _close(actual: float, expected: float) -> bool:
+    return math.isclose(actual, expected, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def assert_windows_match(rows: list[dict[str, Any]], reference: dict[tuple[str, int], RefWindow]) -> None:
+    """Every window of the table equals the reference's, and no window is missing or extra."""
+    # JSONEachRow (`pulse sql`) quotes 64-bit integers; Arrow does not.
+    rows = [{**r, **{k: int(r[k]) for k in ("window_start_ms", "trade_count", "first_agg_trade_id",
+                                           "last_agg_trade_id")}} for r in rows]
+    assert {(r["symbol"], r["window_start_ms"]) for r in rows} == set(reference), "window keys differ"
+    for row in rows:
+        want = reference[(row["symbol"], row["window_start_ms"])]
+        where = f"{row['symbol']} @ {row['window_start_ms']}"
+        assert row["trade_count"] == want.trade_count, where
+        assert row["signal"] == want.signal, where
+        for column, expected in [("vwap", want.vwap), ("net_delta", want.net_delta),
+                                 ("buy_pressure_pct", want.buy_pressure_pct), ("total_volume", want.total_volume),
+                                 ("avg_price_1_sec", want.avg_price), ("open", want.open), ("high", want.high),
+                                 ("low", want.low), ("close", want.close)]:
+            assert _close(row[column], expected), f"{where}: {column} {row[column]} != {expected}"
+        assert (row["first_agg_trade_id"], row["last_agg_trade_id"]) == (want.first_agg_id, want.last_agg_id), where
+
+
+# --- Spark standalone ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandaloneCluster]:
+    """A master and one worker with 2 cores, as `start-master.sh` and `start-worker.sh` would run them."""
+    cluster = StandaloneCluster(tmp_path_factory.mktemp("spark-standalone"))
+    try:
+        cluster.start_master()
+        cluster.start_worker(cores=2)
+        yield cluster
+    finally:
+        cluster.stop()
+    assert leftovers(cluster.root) == [], "Spark processes outlived the cluster"
+
+
+def _cluster_env(cluster: StandaloneCluster, checkpoints: Path, **more: str) -> dict[str, str]:
+    return {"PULSE_SPARK__MASTER": cluster.url, "PULSE_SPARK__CHECKPOINT_DIR": str(checkpoints),
+            "PULSE_SPARK__TRIGGER_MS": "250", "PULSE_SPARK__HEALTH_PORT": "0", **more}
+
+
+def _finish(process: Any, log: Path, timeout_s: float = JOB_TIMEOUT_S) -> None:
+    try:
+        code = process.wait(timeout=timeout_s)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+    assert code == 0, log.read_text()[-4000:]
+
+
+def test_the_job_on_a_standalone_cluster_matches_the_reference(kafka, base_settings, standalone, tmp_path):
+    topics = fresh_topics(kafka.bootstrap)
+    published = publish_recording(base_settings.override(kafka=topics.model_dump()), recording(SPOT_RAW))
+    reference = reference_windows(trades_from_recording(recording(SPOT_RAW)))
+    assert published == sum(w.trade_count for w in reference.values())
+
+    # Checkpoints on a path the driver and the executors both reach; on one machine any folder is.
+    checkpoints = tmp_path / "shared" / "checkpoints"
+    data_dir = tmp_path / "driver"
+    data_dir.mkdir()
+    log = tmp_path / "process.log"
+    apps_before = len(app_dirs(standalone.workers[0]))
+    process = start_pulse_process(data_dir, kafka.bootstrap, topics.trades_topic, log, "--until-idle", "2",
+                                  **_cluster_env(standalone, checkpoints))
+    _finish(process, log)
+
+    assert f"starting Spark ({standalone.url})" in log.read_text()
+    assert_windows_match(pulse_sql(data_dir, WINDOWS_SQL), reference)
+    # The tasks ran in executors of the worker, which fetched the connector from the driver (spark.jars).
+    assert len(app_dirs(standalone.workers[0])) == apps_before + 1, "no executor of this job ran on the worker"
+    assert {jar.name for jar in connector_jars(base_settings.jars_dir)} <= shipped_jars(standalone.workers[0])
+    # The driver wrote offsets and commits, the executors the state of the windows: both in the one
+    # checkpoint folder, none beside the driver's data.
+    assert batches(checkpoints) > 0
+    assert list((checkpoints / "pulse_metrics" / "state").rglob("*.delta")) or \
+        list((checkpoints / "pulse_metrics" / "state").rglob("*.changelog")), "no state store files"
+    assert not (data_dir / "checkpoints").exists()
+
+
+def test_worker_lost_mid_stream_the_job_waits_visibly_recovers_and_a_restart_stays_exact(
+        kafka, base_settings, standalone, tmp_path):
+    topics = fresh_topics(kafka.bootstrap)
+    spot = recording(SPOT_RAW)
+    publish_recording(base_settings.override(kafka=topics.model_dump()), spot)
+    checkpoints = tmp_path / "shared" / "checkpoints"
+    data_dir = tmp_path / "driver"
+    data_dir.mkdir()
+    log = tmp_path / "process.log"
+    health_port = free_port()
+    # Small micro-batches so that the loss lands mid-stream; a short staleness so /health shows the stall.
+    env = _cluster_env(standalone, checkpoints, PULSE_SPARK__MAX_OFFSETS_PER_TRIGGER="250",
+                       PULSE_SPARK__HEALTH_PORT=str(health_port), PULSE_SPARK__HEALTH_STALE_S="3")
+    process = start_pulse_process(data_dir, kafka.bootstrap, topics.trades_topic, log, "--until-idle", "3", **env)
+    try:
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while batches(checkpoints) < 2:
+            assert process.poll() is None, log.read_text()[-4000:]
+            assert time.monotonic() < deadline, "the job committed no batches on the cluster"
+            time.sleep(0.1)
+        committed = batches(checkpoints)
+        killed = standalone.kill_worker(0)
+        assert len(killed) >= 2, "the worker ran no executor to lose"
+
+        # No executor anywhere: the job neither fails nor pretends; it stops committing and its
+        # /health turns 503 once progress is stale, while the driver waits for resources.
+        statuses: list[int | str] = []
+        deadline = time.monotonic() + 30
+        while 503 not in statuses:
+            assert time.monotonic() < deadline, f"/health never reported the stall: {statuses}"
+            statuses.append(health_status(health_port))
+            time.sleep(0.5)
+        assert process.poll() is None, "the job died with its worker:\n" + log.read_text()[-4000:]
+        # A batch already running may still commit, none after it.
+        stalled_at = batches(checkpoints)
+        assert stalled_at <= committed + 1
+        time.sleep(2)
+        assert batches(checkpoints) == stalled_at
+
+        standalone.start_worker(cores=2, index=0)
+        _finish(process, log)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+    assert batches(checkpoints) > stalled_at, "nothing was committed after the worker came back"
+    assert_windows_match(pulse_sql(data_dir, WINDOWS_SQL), reference_windows(trades_from_recording(spot)))
+
+    # A restart of the job on the same checkpoint, with more data meanwhile: it resumes where it
+    # stopped, and the table is exactly both recordings, each window once.
+    usdm = recording(USDM_RAW)
+    publish_recording(base_settings.override(kafka=topics.model_dump()), usdm)
+    process = start_pulse_process(data_dir, kafka.bootstrap, topics.trades_topic, log, "--until-idle", "2", **env)
+    _finish(process, log)
+    both = reference_windows(trades_from_recording(spot) + trades_from_recording(usdm))
+    assert_windows_match(pulse_sql(data_dir, WINDOWS_SQL), both)
+
+
+# --- Kafka cluster ------------------------------------------------------------------------------------
+
+SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "DOGEUSDT"]
+RATE_PER_S = 1_000
+TOTAL = 25_000
+
+
+def _batch_id(query: Any) -> int:
+    """The id of the query's last completed micro-batch (-1 before the first)."""
+    progress: Any = query.lastProgress
+    return int(progress["batchId"]) if progress else -1
+
+
+@pytest.fixture
+def kafka_cluster(base_settings: PulseSettings, tmp_path: Path) -> Iterator[LocalKafkaBroker]:
+    cluster = LocalKafkaBroker(base_settings.jars_dir, tmp_path / "kafka-cluster", nodes=3)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+    assert leftovers(tmp_path / "kafka-cluster") == [], "Kafka nodes outlived the cluster"
+
+
+def test_leader_killed_under_load_nothing_lost_or_doubled_and_the_job_goes_on(
+        spark, chdb_engine, base_settings, kafka_cluster, tmp_path):
+    database = ChdbTransport(base_settings.chdb_path, unique_name("pulse_failover"))
+    apply_schema(database, base_settings.schema_dir)
+    settings = base_settings.override(
+        kafka=KafkaSettings(bootstrap_servers=kafka_cluster.bootstrap, trades_topic=unique_name("trades"),
+                            dead_letter_topic=unique_name("dlq"), gaps_topic=unique_name("gaps"), partitions=3,
+                            replication_factor=3, min_insync_replicas=2).model_dump(),
+        clickhouse={"database": database.database},
+        spark={"starting_offsets": "earliest", "checkpoint_dir": str(tmp_path / "checkpoints"), "trigger_ms": 250,
+               "rejects_trigger_ms": 500},
+        # Until Kafka fences the dead leader (broker.session.timeout.ms, 9 s) and elects another,
+        # aiokafka holds that partition's batch and the publisher waits on it: the whole queue backs
+        # up for ~10 s. It must hold rate x failover time, or drop-oldest drops (counted) trades.
+        producer={"queue_max": 100_000})
+    topic = settings.kafka.trades_topic
+
+    with Pipeline(settings) as run:
+        run.create_topics()
+        partitions, configs = describe_topic(kafka_cluster.bootstrap, topic)
+        assert [p.replicas for p in partitions] == [[1, 2, 3]] * 3
+        assert [p.isr for p in partitions] == [[1, 2, 3]] * 3
+        assert configs["min.insync.replicas"] == "2"
+
+        queries = run.start_job()
+        background = run.produce_in_background(SyntheticSource(SYMBOLS, RATE_PER_S, total=TOTAL, seed=11))
+        deadline = time.monotonic() + 120
+        while not run.producers or run.producers[0].published < TOTAL // 5:
+            assert not background.done, background.result()
+            assert time.monotonic() < deadline, "the producer did not get going"
+            time.sleep(0.05)
+        service = run.producers[0]
+        # The leader of the partition that took the most trades so far: kill -9, no controlled shutdown.
+        written = asyncio.run(end_offsets(kafka_cluster.bootstrap, topic))
+        victim_partition = max(written, key=lambda partition: written[partition])
+        leader = partitions[victim_partition].leader
+        batch_at_kill = _batch_id(queries.metrics)
+        published_at_kill = service.published
+        kafka_cluster.kill_node(leader)
+        killed_at = time.monotonic()
+
+        service = background.result(timeout_s=240)
+        recovered_after = time.monotonic() - killed_at
+        assert service.router.trades == TOTAL
+        assert service.published == TOTAL, f"{service.published} of {TOTAL} acknowledged"
+        assert sum(service.queue.dropped.values()) == 0
+        assert service.published > published_at_kill
+
+        run.wait_caught_up(timeout_s=240)
+        assert queries.metrics.isActive and queries.rejects.isActive
+        assert _batch_id(queries.metrics) > batch_at_kill
+        after, _ = describe_topic(kafka_cluster.bootstrap, topic)
+        assert after[victim_partition].leader not in (leader, -1)
+        assert leader not in after[victim_partition].isr
+        rows = metrics_rows(database)
+        late = database.query_arrow("SELECT sum(late_trades) AS n FROM pulse_health").to_pylist()[0]["n"]
+
+    records = read_topic(kafka_cluster.bootstrap, topic)
+    ids = ids_in_topic_order(records)
+    generated = {symbol: len(symbol_ids) for symbol, symbol_ids in ids.items()}
+    assert sum(generated.values()) == TOTAL, f"the topic holds {sum(generated.values())} trades, not {TOTAL}"
+    for symbol, symbol_ids in ids.items():
+        # Contiguous from 1, each once, in order: the idempotent producer neither lost, doubled nor
+        # reordered anything across the failover.
+        assert symbol_ids == list(range(1, len(symbol_ids) + 1)), f"{symbol}: ids not contiguous"
+    # With the default 2 s watermark nothing was late: the publisher held every partition back
+    # together during the failover, so no partition's event time ran ahead of the stalled one's.
+    assert late == 0
+    assert_windows_match(rows, reference_windows(ref_trades(records)))
+    print(f"leader {leader} of partition {victim_partition} killed; producer done {recovered_after:.1f}s later")
