@@ -160,6 +160,15 @@ def age(seconds: float | None) -> str:
     return f"{seconds / 3600:.0f}h"
 
 
+def duration(seconds: float) -> str:
+    """A latency: ms below 10 s, then seconds, and past an hour no more than that (a replay of old trades)."""
+    if seconds < 10:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 3600:
+        return f"{seconds:.1f} s"
+    return "> 1 h"
+
+
 def pressure_bar(pct: float | None, cells: int = 3) -> Text:
     if pct is None:
         return Text("-")
@@ -223,7 +232,7 @@ def warnings_line(state: BoardState) -> str | None:
 
 
 def health_line(state: BoardState) -> str:
-    fresh = "-" if state.freshness_p50_ms is None else f"{state.freshness_p50_ms:.0f} ms"
+    fresh = "-" if state.freshness_p50_ms is None else duration(state.freshness_p50_ms / 1000)
     what = "trade → visible" if state.live else "read → visible"
     return f"Spark batch {state.batch_ms} ms · freshness p50 {fresh} ({what})"
 

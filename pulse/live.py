@@ -66,6 +66,10 @@ def run_live(settings: PulseSettings, say: Say, stop: threading.Event, dashboard
     started, started_ms = time.monotonic(), now_ms()
     # /metrics on any free port: a live run beside the docker stack must not collide with its producer.
     settings = settings.override(producer={"metrics_port": 0})
+    if not settings.kafka.bootstrap_servers:
+        # The embedded broker's topic holds only this data directory's runs, and a new checkpoint
+        # must not skip the trades published before Spark's first trigger ("latest" would).
+        settings = settings.override(spark={"starting_offsets": "earliest"})
     source = BinanceSource(settings.producer)
     market = source.market
     symbols = len(source.symbols)
@@ -78,13 +82,13 @@ def run_live(settings: PulseSettings, say: Say, stop: threading.Event, dashboard
         say(f"[2/4] opening ClickHouse ({ch.transport}) at "
             f"{settings.chdb_path if ch.transport == 'chdb' else f'{ch.host}:{ch.port}'}")
         run.store()
+        # Before the job writes anything: the view (and the summary) count this run's windows only.
+        view = Dashboard(run, f"Pulse live · Binance {market.title} · {symbols} symbols", live=True,
+                         symbols=source.symbols, warnings=warnings)
         say("[3/4] starting Spark (local mode) with the Kafka connector; first start takes ~20s")
         run.start_job()
         say(f"[4/4] streaming {symbols} symbol{'s' if symbols != 1 else ''} from Binance {market.title} over"
             f" {len(source.streams)} connection{'s' if len(source.streams) != 1 else ''}; Ctrl-C stops")
-        view = Dashboard(run, f"Pulse live · Binance {market.title} · {symbols} symbols", live=True,
-                         symbols=source.symbols, warnings=warnings)
-        first_version = view.first_version
         with view.running() if dashboard else contextlib.nullcontext():
             producer = run.produce_in_background(source)
             _watch(run, source, producer, stop)
@@ -95,4 +99,5 @@ def run_live(settings: PulseSettings, say: Say, stop: threading.Event, dashboard
                 run.wait_caught_up(timeout_s=60)
             except TimeoutError:
                 say("Spark did not catch up within 60 s: the newest trades may be missing from the results")
-        return summary_of(run, service, "live", f"Binance {market.title}", started, first_version, started_ms)
+        return summary_of(run, service, "live", f"Binance {market.title}", started, view.first_version,
+                          started_ms)

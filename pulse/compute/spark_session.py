@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import threading
 from collections.abc import Iterator
@@ -125,7 +126,23 @@ def build_spark_session(settings: PulseSettings) -> SparkSession:
     )
     for key, value in extra.items():
         builder = builder.config(key, value)
-    if SparkContext._gateway is not None:  # the JVM runs already (a shared session): nothing is launched
-        return builder.getOrCreate()
-    with _jvm_launch(data_dir / "spark-work", logs_dir(settings) / "spark-jvm.log"):
-        return builder.getOrCreate()
+    with _own_sigint():
+        if SparkContext._gateway is not None:  # the JVM runs already (a shared session): nothing is launched
+            return builder.getOrCreate()
+        with _jvm_launch(data_dir / "spark-work", logs_dir(settings) / "spark-jvm.log"):
+            return builder.getOrCreate()
+
+
+@contextlib.contextmanager
+def _own_sigint() -> Iterator[None]:
+    """Keep the process's Ctrl-C handler: a new SparkContext replaces it with one that cancels
+    Spark's jobs and raises KeyboardInterrupt, while `pulse live` means "drain and stop in order"."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)

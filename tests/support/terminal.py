@@ -43,7 +43,7 @@ class Terminal:
         self.screen = pyte.Screen(columns, lines)
         self._stream = pyte.ByteStream(self.screen)
         self.raw = bytearray()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         # Every distinct screen seen, so a test can look at a frame that has since been redrawn.
         self.frames: list[str] = []
         self.process = subprocess.Popen([sys.executable, "-c", _TAKE_TERMINAL, *argv], stdin=slave, stdout=slave,
