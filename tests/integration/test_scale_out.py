@@ -17,12 +17,14 @@ outlive a test: every process started here is tied to this one (PR_SET_PDEATHSIG
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from pulse.broker.local_kafka import LocalKafkaBroker, end_offsets, free_port
@@ -97,13 +99,22 @@ def _cluster_env(cluster: StandaloneCluster, checkpoints: Path, **more: str) -> 
 
 
 def _finish(process: Any, log: Path, timeout_s: float = JOB_TIMEOUT_S) -> None:
+    """Wait for `pulse process` to end by itself, cleanly, taking its Spark driver JVM along."""
+    started: dict[int, psutil.Process] = {}
+    deadline = time.monotonic() + timeout_s
     try:
-        code = process.wait(timeout=timeout_s)
+        while process.poll() is None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                started.update((p.pid, p) for p in psutil.Process(process.pid).children(recursive=True))
+            assert time.monotonic() < deadline, f"the job did not finish in {timeout_s:.0f}s"
+            time.sleep(0.5)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(timeout=30)
-    assert code == 0, log.read_text()[-4000:]
+    assert process.returncode == 0, log.read_text()[-4000:]
+    _, alive = psutil.wait_procs(list(started.values()), timeout=30)
+    assert not alive, f"the job left {[p.pid for p in alive]} behind"
 
 
 def test_the_job_on_a_standalone_cluster_matches_the_reference(kafka, base_settings, standalone, tmp_path):
@@ -287,3 +298,13 @@ def test_leader_killed_under_load_nothing_lost_or_doubled_and_the_job_goes_on(
     assert late == 0
     assert_windows_match(rows, reference_windows(ref_trades(records)))
     print(f"leader {leader} of partition {victim_partition} killed; producer done {recovered_after:.1f}s later")
+
+
+def test_replication_settings_reach_topic_creation_and_refuse_an_impossible_quorum(monkeypatch):
+    monkeypatch.setenv("PULSE_KAFKA__REPLICATION_FACTOR", "3")
+    monkeypatch.setenv("PULSE_KAFKA__MIN_INSYNC_REPLICAS", "2")
+    kafka = PulseSettings(_env_file=None).kafka  # type: ignore[call-arg]
+    assert (kafka.replication_factor, kafka.topic_configs()) == (3, {"min.insync.replicas": "2"})
+    assert KafkaSettings().topic_configs() == {}, "the broker's default unless set"
+    with pytest.raises(ValueError, match="min_insync_replicas"):
+        KafkaSettings(replication_factor=1, min_insync_replicas=2)
