@@ -10,11 +10,8 @@ Not checked: that the containers start, that Keeper forms its quorum and the rep
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
-import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,23 +21,17 @@ from typing import Any
 
 import yaml
 
+from tests.stack.test_compose import compose as base_compose
+
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "docker-compose.yml"
 CLUSTER = ROOT / "docker-compose.cluster.yml"
-ENV_EXAMPLE = ROOT / ".env.example"
 NODES = ("clickhouse", "clickhouse-2")
 
 
-def compose(*args: str, files: tuple[Path, ...] = (BASE, CLUSTER)) -> subprocess.CompletedProcess[str]:
-    binary = Path(sys.executable).parent / "docker-compose"
-    assert binary.exists(), "docker-compose is not in the venv: run `make setup` (requirements-dev.txt)"
-    command = [str(binary), "--project-directory", str(ROOT), "--env-file", str(ENV_EXAMPLE)]
-    for path in files:
-        command += ["-f", str(path)]
-    with tempfile.TemporaryDirectory() as home:
-        # A clean environment: neither a developer's exported variables nor their Docker config count.
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": home, "DOCKER_CONFIG": home}
-        return subprocess.run([*command, *args], capture_output=True, text=True, env=env, timeout=60, check=False)
+def compose(*args: str, override: Path = CLUSTER) -> subprocess.CompletedProcess[str]:
+    """The Docker Compose CLI over docker-compose.yml and `override`, as test_compose.py runs it."""
+    return base_compose("-f", str(override), *args)
 
 
 @cache
@@ -66,7 +57,7 @@ def test_the_validator_rejects_a_broken_override(tmp_path):
     broken["services"]["keeper"]["helthcheck"] = broken["services"]["keeper"].pop("healthcheck")
     path = tmp_path / "docker-compose.cluster.yml"
     path.write_text(yaml.safe_dump(broken))
-    result = compose("config", "--quiet", files=(BASE, path))
+    result = compose("config", "--quiet", override=path)
     assert result.returncode != 0
     assert "helthcheck" in result.stderr
 

@@ -5,6 +5,8 @@
 -- Grafana use pulse_metrics, a Distributed table over the cluster: inserts go to the shard of the
 -- symbol (every version of a window lands on the same shard, so FINAL still sees them together),
 -- reads fan out to one replica per shard. Every statement is idempotent, like the single-node files.
+-- The columns are those of the single-node table, written again: tests/stack/test_cluster_schema.py
+-- fails when the two files disagree.
 CREATE TABLE IF NOT EXISTS pulse_metrics_local
 (
     symbol                 LowCardinality(String),

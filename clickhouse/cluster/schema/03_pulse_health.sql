@@ -1,5 +1,7 @@
 -- Cluster variant of pulse/resources/schema/03_pulse_health.sql: replicated rows behind a Distributed
 -- table of the same name. Health rows are only ever added, never replaced, so any shard will do.
+-- The columns are those of the single-node table, written again: tests/stack/test_cluster_schema.py
+-- fails when the two files disagree.
 CREATE TABLE IF NOT EXISTS pulse_health_local
 (
     reported_at              DateTime64(3, 'UTC'),
