@@ -111,7 +111,9 @@ class SparkSettings(BaseModel):
     trigger_ms: int = Field(default=500, ge=50)
     # Rejects are for inspection, not for the live view: a slower trigger leaves the 2 cores
     # to the metrics query, whose freshness is what users watch.
-    rejects_trigger_ms: int = Field(default=2000, ge=50)
+    # Measured (docs/benchmarks.md): every rejects batch re-reads and re-parses the topic on the same
+    # two cores, and at 2 s it cost the metrics query about a third of its freshness.
+    rejects_trigger_ms: int = Field(default=10_000, ge=50)
     watermark_s: float = Field(default=2.0, ge=0)
     starting_offsets: Literal["earliest", "latest"] = "latest"
     max_offsets_per_trigger: int | None = Field(default=None, ge=1)
