@@ -234,7 +234,8 @@ class BinanceDouble:
     def _refused(self) -> web.Response | None:
         if self.refuse_rest_with is None:
             return None
-        return web.json_response({"code": 0, "msg": "double: refused"}, status=self.refuse_rest_with)
+        return web.json_response({"code": 0, "msg": "double: refused"}, status=self.refuse_rest_with,
+                                 headers={"Retry-After": str(self.retry_after_s)})
 
     async def _exchange_info(self, request: web.Request) -> web.Response:
         self.exchange_info_calls += 1

@@ -33,7 +33,8 @@ class RestError(RuntimeError):
 
 
 class BinanceRefused(RestError):
-    """Binance turned the request away for who asks (451: restricted region, 403): retrying cannot help."""
+    """Binance turned the request away for who asks (451: restricted region, 403), or kept rate-limiting
+    it (429/418) through every attempt: retrying now cannot help."""
 
     def __init__(self, status: int) -> None:
         self.status = status
@@ -147,6 +148,7 @@ class BinanceRest:
 
     async def _get(self, url: str, params: dict[str, str], weight: int, what: str) -> bytes:
         last_problem = "no attempt"
+        limited_by: int | None = None
         for _ in range(_MAX_ATTEMPTS):
             await self._budget.acquire(weight)
             self.calls += 1
@@ -162,7 +164,7 @@ class BinanceRest:
             if status in _RATE_LIMITED:
                 self.rate_limited += 1
                 self._budget.pause(_retry_after_s(headers, default=60.0))
-                last_problem = f"HTTP {status}"
+                last_problem, limited_by = f"HTTP {status}", status
                 continue
             if status >= 500:
                 self.failures += 1
@@ -176,6 +178,8 @@ class BinanceRest:
                 self.failures += 1
                 raise RestError(f"{what}: HTTP {status} {body[:200]!r}")
             return body
+        if limited_by is not None and last_problem == f"HTTP {limited_by}":
+            raise BinanceRefused(limited_by)  # still rate-limited after honouring Retry-After: say so
         raise RestError(f"{what}: {last_problem} after {_MAX_ATTEMPTS} attempts")
 
     def _parse(self, body: bytes, symbol: str) -> list[BinanceAggTrade]:
