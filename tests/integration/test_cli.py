@@ -1,5 +1,6 @@
-"""The documented commands, run as a user runs them: `make demo`, `pulse demo --input`, `pulse sql`,
-and an interrupted demo that must leave no broker or Spark JVM behind."""
+"""The documented commands, run as a user runs them: `make demo`, `pulse demo --input` (archive CSV,
+a quarterly contract), `pulse sql`, `pulse process`, and an interrupted demo that must leave no
+broker or Spark JVM behind. No JVM line reaches the terminal, nothing lands in the working directory."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from pulse.settings import KafkaSettings
 from tests.support.producer_harness import consume_all, fresh_topics, ids_by_symbol
 from tests.support.recordings import ARCHIVE_CSV, ROOT, USDM_RAW, recording
 from tests.support.reference import reference_windows, trades_from_recording
+from tests.support.terminal import JVM_LINE
 
 pytestmark = pytest.mark.integration
 PULSE = str(Path(sys.executable).with_name("pulse"))
@@ -51,7 +53,12 @@ def test_make_demo_then_pulse_sql(tmp_path):
     data_dir = tmp_path / "demo"
     result = run("make", "demo", f"DATA_DIR={data_dir}")
     assert "== Pulse demo summary" in result.stdout
-    assert "-- newest windows" in result.stdout, "the live view printed nothing while the demo ran"
+    progress = [line for line in result.stdout.splitlines() if line.startswith("[") and " windows" in line]
+    assert progress, "the dashboard printed no progress line while the demo ran (stdout is no terminal)"
+    jvm_lines = [line for line in (result.stdout + result.stderr).splitlines() if JVM_LINE.search(line)]
+    assert not jvm_lines, f"JVM output reached the terminal: {jvm_lines[:5]}"
+    assert result.stderr == ""
+    assert (data_dir / "logs" / "spark.log").exists() and (data_dir / "logs" / "spark-jvm.log").exists()
     expected = reference_windows(trades_from_recording(recording(USDM_RAW)))
     per_symbol = {row["symbol"]: int(row["count()"]) for row in
                   sql_rows(data_dir, "SELECT symbol, count() FROM pulse_metrics GROUP BY symbol")}
@@ -75,6 +82,49 @@ def test_pulse_demo_replays_an_archive_csv(tmp_path):
     assert {(r["ws"], r["signal"], r["trade_count"]) for r in rows} == {
         (w.window_start_ms, w.signal, w.trade_count) for w in expected.values()}
     assert "CSV" not in run(PULSE, "sql", "SELECT 1", "--data-dir", str(data_dir), "--format", "CSV").stdout
+
+
+def test_pulse_demo_turns_a_quarterly_contracts_archive_into_windows(tmp_path):
+    # A USD-M delivery contract's archive file as Binance publishes them: a header row, times in ms.
+    # (The trades are the bundled archive's; delivery names like BTCUSDT_260327 were once refused.)
+    source = recording(ARCHIVE_CSV)
+    archive = tmp_path / "BTCUSDT_260327-aggTrades-2026-01-01.csv"
+    rows = [line.split(",") for line in source.read_text().splitlines() if line.strip()]
+    archive.write_text("agg_trade_id,price,quantity,first_trade_id,last_trade_id,transact_time,is_buyer_maker\n" +
+                       "".join(f"{r[0]},{r[1]},{r[2]},{r[3]},{r[4]},{int(r[5]) // 1000},{r[6]}\n" for r in rows))
+    data_dir, cwd = tmp_path / "data", tmp_path / "cwd"
+    cwd.mkdir()
+    result = run(PULSE, "demo", "--input", str(archive), "--symbol", "BTCUSDT_260327", "--speed", "max",
+                 "--data-dir", str(data_dir), cwd=cwd)
+    expected = reference_windows(trades_from_recording(source, "BTCUSDT_260327"))
+    assert "trades in:        5000 (published 5000, dead-lettered 0" in result.stdout
+    assert "dead letters:     none" in result.stdout
+    assert f"windows out:      {len(expected)} " in result.stdout
+    rows_out = sql_rows(data_dir, "SELECT symbol, toUnixTimestamp64Milli(window_start) AS ws, signal, trade_count"
+                                  " FROM pulse_metrics")
+    assert {(r["symbol"], r["ws"], r["signal"], r["trade_count"]) for r in rows_out} == {
+        ("BTCUSDT_260327", w.window_start_ms, w.signal, w.trade_count) for w in expected.values()}
+    assert list(cwd.iterdir()) == []
+
+
+def test_pulse_process_leaves_the_working_directory_empty(kafka, tmp_path):
+    topics = fresh_topics(kafka.bootstrap)
+    cwd, data_dir = tmp_path / "cwd", tmp_path / "data"
+    cwd.mkdir()
+    env = produce_env(topics)
+    subprocess.run([PULSE, "produce", "--source", "replay", "--input", str(recording(USDM_RAW)), "--bootstrap-servers",
+                    kafka.bootstrap, "--metrics-port", "0", "--data-dir", str(data_dir)],
+                   env=env, cwd=cwd, check=True, timeout=120, capture_output=True)
+    result = subprocess.run([PULSE, "process", "--bootstrap-servers", kafka.bootstrap, "--topic", topics.trades_topic,
+                             "--starting-offsets", "earliest", "--until-idle", "2", "--data-dir", str(data_dir)],
+                            env={**env, "PULSE_SPARK__HEALTH_PORT": "0"}, cwd=cwd, capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert list(cwd.iterdir()) == [], "Spark's artifacts/ (and anything else) belong under the data directory"
+    assert not [line for line in (result.stdout + result.stderr).splitlines() if JVM_LINE.search(line)]
+    expected = reference_windows(trades_from_recording(recording(USDM_RAW)))
+    (row,) = sql_rows(data_dir, "SELECT count() AS n FROM pulse_metrics FINAL")
+    assert int(row["n"]) == len(expected)
 
 
 def test_interrupted_demo_leaves_no_process_behind(tmp_path):

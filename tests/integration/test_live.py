@@ -28,14 +28,11 @@ from tests.support.binance_double import BinanceDouble, double_in_thread
 from tests.support.producer_harness import recorded_tape
 from tests.support.recordings import SPOT_RAW, USDM_RAW, recording
 from tests.support.reference import RefWindow, reference_windows, trades_from_recording
-from tests.support.terminal import Terminal
+from tests.support.terminal import JVM_LINE, Terminal
 
 pytestmark = pytest.mark.integration
 PULSE = str(Path(sys.executable).with_name("pulse"))
 SIGNALS = ("STRONG BUY", "ACCUMULATING", "NEUTRAL", "DISTRIBUTING", "STRONG SELL")
-# What the JVMs print when they reach the terminal: log4j lines, the launcher's own warnings.
-JVM_LINE = re.compile(r"\b(WARN|INFO|ERROR)\b (?!logged)|log4j|SLF4J|incubator modules|NativeCodeLoader|"
-                      r"Exception in thread|at org\.apache|py4j")
 
 
 def live_env(double: BinanceDouble, **extra: str) -> dict[str, str]:

@@ -24,6 +24,9 @@ from pathlib import Path
 
 import pyte
 
+# What the JVMs print when their output reaches the terminal: log4j lines, the launcher's own warnings.
+JVM_LINE = re.compile(r"\b(WARN|INFO|ERROR)\b (?!logged)|log4j|SLF4J|incubator modules|NativeCodeLoader|"
+                      r"Exception in thread|at org\.apache|py4j")
 _ANSI = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[=>]")
 
 
