@@ -49,6 +49,19 @@ def _check_started(source: BinanceSource) -> None:
             " check the network (or PULSE_PRODUCER__WS_BASE_URL)")
 
 
+def _wait_anchored(run: Pipeline, timeout_s: float = 120.0) -> None:
+    """Until each query fixed where a new checkpoint starts. With startingOffsets=latest that happens
+    at its first trigger, seconds after start: trades published before it would be skipped."""
+    queries = run.start_job()
+    deadline = time.monotonic() + timeout_s
+    pending = queries.all()
+    while pending and time.monotonic() < deadline:
+        queries.raise_if_failed()
+        pending = [q for q in pending if q.lastProgress is None
+                   and str(q.status["message"]).startswith(("Initializing", "Getting offsets"))]
+        time.sleep(0.1)
+
+
 def _watch(run: Pipeline, source: BinanceSource, producer: Background, stop: threading.Event) -> None:
     """Until `stop`: fail fast on what will not heal (Spark failed, the stream refused, the producer died)."""
     queries = run.start_job()
@@ -87,6 +100,8 @@ def run_live(settings: PulseSettings, say: Say, stop: threading.Event, dashboard
                          symbols=source.symbols, warnings=warnings)
         say("[3/4] starting Spark (local mode) with the Kafka connector; first start takes ~20s")
         run.start_job()
+        if settings.spark.starting_offsets == "latest":
+            _wait_anchored(run)
         say(f"[4/4] streaming {symbols} symbol{'s' if symbols != 1 else ''} from Binance {market.title} over"
             f" {len(source.streams)} connection{'s' if len(source.streams) != 1 else ''}; Ctrl-C stops")
         with view.running() if dashboard else contextlib.nullcontext():

@@ -151,6 +151,13 @@ def test_symbols_binance_does_not_list(cwd):
     assert_one_line(pulse("live", "--symbols", "BTC/USDT", cwd=cwd), 2, "live", "not spelled as Binance spells")
 
 
+def test_symbols_of_another_market(cwd):
+    with double_in_thread([], market="coinm", listed={"BTCUSD_PERP": "TRADING"}) as double:
+        env = {"PULSE_PRODUCER__REST_BASE_URL": double.rest_base_url, "PULSE_PRODUCER__WS_BASE_URL": double.ws_host_url}
+        result = pulse("live", "--market", "coinm", "--symbols", "BTCUSDT", cwd=cwd, env=env, timeout=120)
+    assert_one_line(result, 2, "live", "BTCUSDT is not a COIN-M futures symbol (did you mean BTCUSD_PERP?)")
+
+
 def test_bad_arguments_and_settings(cwd):
     assert_one_line(pulse("demo", "--speed", "fast", cwd=cwd), 2, "demo", "speed must be a number", "--help")
     assert_one_line(pulse("live", "--market", "moon", cwd=cwd), 2, "live", "invalid choice")

@@ -5,8 +5,9 @@ started by Pulse itself in a subprocess, from an empty working directory that mu
   their signals and every window of the recording, Ctrl-C (to the whole process group, as a
   terminal sends it) stops it with exit 0, no JVM outlives it, no JVM line reaches the screen,
   and `pulse sql` then finds exactly the windows the reference computes.
-- Without a terminal, `--symbols all`: 503 symbols from exchangeInfo over three connections,
-  plain progress lines, SIGINT stops it with exit 0.
+- Without a terminal, `--symbols all`, on a Kafka named in settings (no embedded broker, the
+  new checkpoint starting at "latest"): 503 symbols from exchangeInfo over three connections,
+  plain progress lines, every window, SIGINT stops it with exit 0.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import psutil
 import pytest
 
 from tests.support.binance_double import BinanceDouble, double_in_thread
-from tests.support.producer_harness import recorded_tape
+from tests.support.producer_harness import fresh_topics, recorded_tape
 from tests.support.recordings import SPOT_RAW, USDM_RAW, recording
 from tests.support.reference import RefWindow, reference_windows, trades_from_recording
 from tests.support.terminal import JVM_LINE, Terminal
@@ -119,7 +120,11 @@ def _read_lines(stream: Any, into: list[str]) -> None:
         into.append(line)
 
 
-def test_pulse_live_all_symbols_without_a_terminal(tmp_path):
+def test_pulse_live_all_symbols_on_a_named_kafka_without_a_terminal(kafka, tmp_path):
+    topics = fresh_topics(kafka.bootstrap)
+    named_kafka = {"PULSE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap, "PULSE_KAFKA__TRADES_TOPIC": topics.trades_topic,
+                   "PULSE_KAFKA__DEAD_LETTER_TOPIC": topics.dead_letter_topic,
+                   "PULSE_KAFKA__GAPS_TOPIC": topics.gaps_topic}
     quiet = {f"Q{i:03d}USDT": "TRADING" for i in range(495)}
     tape = recorded_tape()
     expected = expected_windows()
@@ -127,7 +132,8 @@ def test_pulse_live_all_symbols_without_a_terminal(tmp_path):
     cwd.mkdir()
     with double_in_thread(tape, frames_per_s=1000, listed=quiet | {"BTCUSDT_250328": "SETTLING"}) as double:
         live = subprocess.Popen([PULSE, "live", "--symbols", "all", "--data-dir", str(data_dir)], cwd=cwd,
-                                env=live_env(double), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                env=live_env(double, **named_kafka), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
         out: list[str] = []
         reader = threading.Thread(target=_read_lines, args=(live.stdout, out), daemon=True)
         reader.start()
@@ -150,6 +156,7 @@ def test_pulse_live_all_symbols_without_a_terminal(tmp_path):
     output = "".join(out)
     assert code == 0, output[-3000:] + errors
     assert errors == "", "nothing on stderr in a clean run"
+    assert f"[1/4] using Kafka at {kafka.bootstrap}" in output and not (data_dir / "kafka").exists()
     assert "[4/4] streaming 503 symbols from Binance USD-M futures over 3 connections" in output
     assert sorted(len(symbols) for symbols in connections) == [103, 200, 200]
     assert "BTCUSDT_250328" not in set().union(*connections), "a contract that no longer trades is left out"
