@@ -13,7 +13,7 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -56,12 +56,17 @@ class SyntheticTrades:
         }})
 
     async def run(self, on_frame: Callable[[bytes], object], stop: asyncio.Event,
-                  total: int | None = None) -> None:
-        """Emit frames at `rate_per_s` on average until `stop` is set or `total` frames are out."""
+                  total: int | None = None, room: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Emit frames at `rate_per_s` on average until `stop` is set or `total` frames are out.
+
+        `room`, awaited every tick, lets a consumer slow the generator down instead of dropping.
+        """
         rnd = self._random
         started = time.monotonic()
         due = started + rnd.expovariate(self.rate_per_s)
         while not stop.is_set() and (total is None or self.generated < total):
+            if room is not None:
+                await room()
             now = time.monotonic()
             time_ms = time.time_ns() // 1_000_000
             while due <= now and (total is None or self.generated < total):
@@ -82,4 +87,7 @@ class SyntheticSource(LocalSource):
         self._decoder = FrameDecoder(self.name)
 
     async def _emit_all(self, out: Output, stop: asyncio.Event) -> None:
-        await self._generator.run(lambda frame: self.emit(frame, out), stop, self._total)
+        # A run with a total is a measured batch: every trade counts, so an overloaded producer slows
+        # it down rather than dropping; without one it is a live-like feed, which drops the oldest.
+        room = out.room if self._total is not None else None
+        await self._generator.run(lambda frame: self.emit(frame, out), stop, self._total, room)
