@@ -48,7 +48,7 @@ from tests.support.scale_out import (
     ref_trades,
     start_pulse_process,
 )
-from tests.support.spark_standalone import StandaloneCluster, app_dirs, leftovers, shipped_jars
+from tests.support.spark_standalone import StandaloneCluster, app_dirs, leftovers, master_log_mentions, shipped_jars
 
 pytestmark = pytest.mark.integration
 
@@ -129,11 +129,13 @@ def test_the_job_on_a_standalone_cluster_matches_the_reference(kafka, base_setti
     data_dir.mkdir()
     log = tmp_path / "process.log"
     apps_before = len(app_dirs(standalone.workers[0]))
+    registered_before = len(master_log_mentions(standalone, r"Registered app pulse-processor"))
     process = start_pulse_process(data_dir, kafka.bootstrap, topics.trades_topic, log, "--until-idle", "2",
                                   **_cluster_env(standalone, checkpoints))
     _finish(process, log)
 
-    assert f"starting Spark ({standalone.url})" in log.read_text()
+    # The job (app name from PulseSettings.spark.app_name) registered with this master.
+    assert len(master_log_mentions(standalone, r"Registered app pulse-processor")) == registered_before + 1
     assert_windows_match(pulse_sql(data_dir, WINDOWS_SQL), reference)
     # The tasks ran in executors of the worker, which fetched the connector from the driver (spark.jars).
     assert len(app_dirs(standalone.workers[0])) == apps_before + 1, "no executor of this job ran on the worker"
