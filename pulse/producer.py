@@ -15,7 +15,8 @@ import time
 from collections import Counter
 from typing import Any
 
-from pulse.broker.kafka_publisher import DropOldestQueue, KafkaPublisher, OutboundRecord, build_kafka_producer
+from pulse.broker.kafka_publisher import KafkaPublisher, build_kafka_producer
+from pulse.broker.lanes import DropOldestQueue, OutboundRecord
 from pulse.model import DeadLetter, GapEvent, Trade, encode_dead_letter, encode_gap_event, encode_trade
 from pulse.settings import KafkaSettings, PulseSettings
 from pulse.source.base import Source, now_ms

@@ -1,94 +1,31 @@
-"""Publishing to Kafka: a bounded drop-oldest queue in front of one aiokafka producer.
+"""Publishing to Kafka: one sender per partition lane, each handing aiokafka ready-made batches.
 
-The websocket reader must never wait on Kafka: when the broker is slow or away, the queue keeps
-the newest `queue_max` records and drops the oldest (a stale trade is worth less than a fresh one
-for a live signal), counting every drop per symbol.
+The websocket reader never waits on Kafka (the lanes in front, `pulse/broker/lanes.py`, drop the
+oldest record when full). Each lane has a sender task of its own because aiokafka's `send_batch`
+waits while its partition has no leader: during a leader failover only that partition's lane
+backs up, and the other partitions keep publishing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections import Counter, deque
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-import msgspec
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
+from pulse.broker.lanes import DropOldestQueue, Lane, OutboundRecord
 from pulse.settings import KafkaSettings, ProducerSettings
 from pulse.telemetry import Telemetry
 
-
-class OutboundRecord(msgspec.Struct, frozen=True):
-    topic: str
-    key: bytes
-    value: bytes
-    symbol: str
-    # Exchange time of the trade (ms), for exchange -> broker-ack latency.
-    exchange_time_ms: int
-    enqueued_at: float = msgspec.field(default_factory=time.perf_counter)
-
-
-class DropOldestQueue:
-    """Bounded FIFO whose `put` never waits: when full it evicts the oldest record."""
-
-    def __init__(self, maxsize: int) -> None:
-        self._items: deque[OutboundRecord] = deque()
-        self._maxsize = maxsize
-        self._ready = asyncio.Event()
-        self._closed = False
-        self.dropped: Counter[str] = Counter()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    @property
-    def fill_ratio(self) -> float:
-        return len(self._items) / self._maxsize
-
-    def put(self, record: OutboundRecord) -> None:
-        if len(self._items) >= self._maxsize:
-            evicted = self._items.popleft()
-            self.dropped[evicted.symbol] += 1
-        self._items.append(record)
-        self._ready.set()
-
-    def put_front(self, records: list[OutboundRecord]) -> None:
-        """Give failed sends back their place at the head, still within the bound."""
-        for record in reversed(records):
-            if len(self._items) >= self._maxsize:
-                self.dropped[record.symbol] += 1
-                continue
-            self._items.appendleft(record)
-        if self._items:
-            self._ready.set()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def close(self) -> None:
-        """No more records will come: `take` returns [] once the queue is empty."""
-        self._closed = True
-        self._ready.set()
-
-    def telemetry(self) -> Telemetry:
-        return Telemetry(labelled_counters={("records_dropped", "symbol"): dict(self.dropped)},
-                         gauges={"queue_depth": len(self._items)})
-
-    async def take(self, max_items: int) -> list[OutboundRecord]:
-        """Wait for at least one record, then take up to `max_items` in order ([] once closed and empty)."""
-        while not self._items:
-            if self._closed:
-                return []
-            self._ready.clear()
-            await self._ready.wait()
-        count = min(max_items, len(self._items))
-        return [self._items.popleft() for _ in range(count)]
+# The queue and its records, where the publisher's callers have always imported them from.
+__all__ = ["AckCallback", "DropOldestQueue", "KafkaPublisher", "OutboundRecord", "PublishStats",
+           "build_kafka_producer"]
 
 
 @dataclass(slots=True)
@@ -125,66 +62,74 @@ def build_kafka_producer(kafka: KafkaSettings, producer: ProducerSettings, boots
 
 
 class KafkaPublisher:
-    """Drains a `DropOldestQueue` into Kafka in whole batches, never awaiting one record's ack.
+    """Starts a `_LaneSender` for every lane the queue makes, and counts what the broker acknowledged.
 
-    Records taken together are grouped by topic partition (key = symbol, Kafka's murmur2
-    partitioner, so a symbol keeps its partition and its order) and handed to aiokafka as
-    ready-made batches: one append per record instead of one `send` coroutine, which is what
-    lets one process publish 100k records/s. A batch the broker does not acknowledge goes
-    back to the head of the queue, within its bound, and is sent again once the broker is back.
+    Records are appended to aiokafka batches one by one (one C-level append each, not one `send`
+    coroutine: what lets one process publish 100k records/s) and never wait for one record's ack.
+    In flight per lane: what aiokafka holds for the partition (one request, one pending batch)
+    plus the batch being handed over, so memory stays `queue_max` plus a few batches per partition.
     """
 
     def __init__(self, producer: AIOKafkaProducer, queue: DropOldestQueue,
-                 on_ack: AckCallback | None = None, max_in_flight: int = 50_000,
-                 take_max: int = 5_000, retry_pause_s: float = 0.5) -> None:
+                 on_ack: AckCallback | None = None, take_max: int = 5_000, retry_pause_s: float = 0.5) -> None:
         self._producer = producer
         self._queue = queue
         self._on_ack = on_ack
-        self._in_flight: dict[asyncio.Future[object], int] = {}
-        self._in_flight_records = 0
-        self._max_in_flight = max_in_flight
         self._take_max = take_max
         self._retry_pause_s = retry_pause_s
-        self._partitions: dict[str, list[int]] = {}
-        self._partition_of: dict[tuple[str, bytes], int] = {}
+        self._senders: list[_LaneSender] = []
         self.stats = PublishStats()
 
     @property
     def in_flight(self) -> int:
-        return self._in_flight_records
+        return sum(sender.in_flight for sender in self._senders)
 
     def telemetry(self) -> Telemetry:
         return Telemetry(counters={"trades_published": self.stats.published,
                                    "failed_sends": self.stats.failed_sends},
-                         gauges={"in_flight": self._in_flight_records})
+                         gauges={"in_flight": self.in_flight})
 
     @staticmethod
     def empty_telemetry() -> Telemetry:
         return Telemetry(counters={"trades_published": 0, "failed_sends": 0}, gauges={"in_flight": 0})
 
-    async def _partition(self, topic: str, key: bytes) -> int:
-        partition = self._partition_of.get((topic, key))
-        if partition is None:
-            partitions = self._partitions.get(topic)
-            if partitions is None:
-                partitions = sorted(await self._producer.partitions_for(topic))
-                self._partitions[topic] = partitions
-            partition = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
-            self._partition_of[(topic, key)] = partition
-        return partition
+    async def run(self) -> None:
+        """Publish until the queue is closed and every lane is empty and settled, then flush."""
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                while lanes := await self._queue.new_lanes():
+                    for lane in lanes:
+                        if lane.partition is None:
+                            tasks.create_task(self._learn_partitions(lane))
+                        else:
+                            sender = _LaneSender(lane, self._producer, self._queue, self.stats, self._acked,
+                                                 self._take_max, self._retry_pause_s)
+                            self._senders.append(sender)
+                            tasks.create_task(sender.run())
+        except ExceptionGroup as failed:
+            # One lane failing ends them all; its own error, not a group, tells the entry point why.
+            raise failed.exceptions[0] from None
+        await self._producer.flush()
 
-    def _acked(self, records: list[OutboundRecord], future: asyncio.Future[object]) -> None:
-        self._in_flight.pop(future, None)
-        self._in_flight_records -= len(records)
-        if future.cancelled():
+    async def _learn_partitions(self, lane: Lane) -> None:
+        """Ask the broker how many partitions the lane's topic has, until it answers."""
+        while True:
+            try:
+                partitions = await self._producer.partitions_for(lane.topic)
+            except KafkaError:
+                # Broker away longer than request_timeout: the records wait in their lane (bounded,
+                # oldest dropped first) and count as failed sends, as a batch that could not go would.
+                self.stats.failed_sends += len(lane.records)
+                await asyncio.sleep(self._retry_pause_s)
+                continue
+            self._queue.set_partitions(lane.topic, len(partitions))
             return
-        if future.exception() is not None:
-            self.stats.failed_sends += len(records)
-            self._queue.put_front(records)
-            return
-        self.stats.published += len(records)
-        self.stats.last_ack_at = time.monotonic()
-        by_symbol = self.stats.published_by_symbol
+
+    def _acked(self, records: list[OutboundRecord]) -> None:
+        stats = self.stats
+        stats.published += len(records)
+        stats.last_ack_at = time.monotonic()
+        by_symbol = stats.published_by_symbol
         on_ack = self._on_ack
         acked_at = time.perf_counter()
         for record in records:
@@ -192,53 +137,100 @@ class KafkaPublisher:
             if on_ack is not None:
                 on_ack(record, acked_at - record.enqueued_at)
 
-    async def _submit(self, builder: BatchBuilder, records: list[OutboundRecord], topic: str,
-                      partition: int) -> None:
-        future: asyncio.Future[object] = await self._producer.send_batch(builder, topic, partition=partition)
-        self._in_flight[future] = len(records)
-        self._in_flight_records += len(records)
-        future.add_done_callback(lambda done: self._acked(records, done))
 
-    async def _send(self, taken: list[OutboundRecord]) -> None:
-        submitted: set[int] = set()
-        try:
-            groups: dict[tuple[str, int], list[OutboundRecord]] = {}
-            partition_of = self._partition_of
-            for record in taken:
-                # A plain lookup first: awaiting a coroutine per record would cost more than the send.
-                partition = partition_of.get((record.topic, record.key))
-                if partition is None:
-                    partition = await self._partition(record.topic, record.key)
-                groups.setdefault((record.topic, partition), []).append(record)
-            for (topic, partition), records in groups.items():
-                builder = self._producer.create_batch()
-                in_builder: list[OutboundRecord] = []
-                for record in records:
-                    if builder.append(key=record.key, value=record.value, timestamp=None) is None:
-                        await self._submit(builder, in_builder, topic, partition)
-                        submitted.update(map(id, in_builder))
-                        builder, in_builder = self._producer.create_batch(), []
-                        builder.append(key=record.key, value=record.value, timestamp=None)
-                    in_builder.append(record)
-                await self._submit(builder, in_builder, topic, partition)
-                submitted.update(map(id, in_builder))
-        except KafkaError:
-            # Broker away longer than request_timeout (no metadata, no room for a batch): keep what
-            # was not handed over (bounded by the queue, oldest dropped first), retry after a pause.
-            unsent = [record for record in taken if id(record) not in submitted]
-            self.stats.failed_sends += len(unsent)
-            self._queue.put_front(unsent)
-            await asyncio.sleep(self._retry_pause_s)
+class _LaneSender:
+    """Sends one lane's records to their partition, in order, until the queue is closed and the
+    lane is empty and settled.
+
+    A batch the broker does not acknowledge goes back to the head of the lane, within the queue's
+    bound. Order per symbol is what the lane keeps: once a batch failed, nothing newer of the lane
+    is handed over, and the sender waits until every batch it did hand over has settled, so that
+    all of them come back in the order they were sent, ahead of what was not handed over.
+    """
+
+    def __init__(self, lane: Lane, producer: AIOKafkaProducer, queue: DropOldestQueue, stats: PublishStats,
+                 acked: Callable[[list[OutboundRecord]], None], take_max: int, retry_pause_s: float) -> None:
+        self._lane = lane
+        self._producer = producer
+        self._queue = queue
+        self._stats = stats
+        self._acked = acked
+        self._take_max = take_max
+        self._retry_pause_s = retry_pause_s
+        self._futures: set[asyncio.Future[object]] = set()
+        self._returned: list[OutboundRecord] = []
+        self.in_flight = 0
 
     async def run(self) -> None:
-        """Publish until the queue is closed and empty, then flush what is in flight."""
-        while taken := await self._queue.take(self._take_max):
-            await self._send(taken)
-            while self._in_flight_records > self._max_in_flight:
-                await asyncio.wait(set(self._in_flight), return_when=asyncio.FIRST_COMPLETED)
-            if not self._queue and self._in_flight and self._queue.closed:
-                # Closing: failed batches come back to the queue only when their futures settle.
-                await asyncio.wait(set(self._in_flight))
-        await self._producer.flush()
-        if self._in_flight:
-            await asyncio.wait(set(self._in_flight))
+        lane, queue = self._lane, self._queue
+        while True:
+            while not lane.records and not self._returned and not queue.closed:
+                await lane.wait()
+            if self._returned:
+                await self._give_back()
+                continue
+            records = queue.take_from(lane, self._take_max)
+            if records:
+                await self._send(records)
+            elif self._futures:
+                # Closed and empty: what is still in flight may yet come back to be sent again.
+                await asyncio.wait(self._futures)
+            else:
+                return
+
+    async def _give_back(self) -> None:
+        await self._settle()
+        returned, self._returned = self._returned, []
+        self._queue.put_front(self._lane, returned)
+        await asyncio.sleep(self._retry_pause_s)
+
+    async def _settle(self) -> None:
+        if self._futures:
+            await asyncio.wait(self._futures)
+
+    async def _send(self, records: list[OutboundRecord]) -> None:
+        handed_over = 0
+        try:
+            for builder, batch in self._batches(records):
+                if self._returned:
+                    break  # a batch of this lane failed: nothing newer may overtake it
+                await self._submit(builder, batch)
+                handed_over += len(batch)
+        except KafkaError:
+            # No room for the batch within request_timeout (no leader, broker away).
+            self._stats.failed_sends += len(records) - handed_over
+        if handed_over < len(records):
+            await self._settle()
+            self._returned += records[handed_over:]
+
+    def _batches(self, records: list[OutboundRecord]) -> Iterator[tuple[BatchBuilder, list[OutboundRecord]]]:
+        """The records cut into aiokafka batches of up to `max_batch_bytes`, in order."""
+        create = self._producer.create_batch
+        builder = create()
+        batch: list[OutboundRecord] = []
+        for record in records:
+            if builder.append(key=record.key, value=record.value, timestamp=None) is None:
+                yield builder, batch
+                builder, batch = create(), []
+                builder.append(key=record.key, value=record.value, timestamp=None)
+            batch.append(record)
+        yield builder, batch
+
+    async def _submit(self, builder: BatchBuilder, batch: list[OutboundRecord]) -> None:
+        lane = self._lane
+        future: asyncio.Future[object] = await self._producer.send_batch(builder, lane.topic, partition=lane.partition)
+        self._futures.add(future)
+        self.in_flight += len(batch)
+        future.add_done_callback(functools.partial(self._settled, batch))
+
+    def _settled(self, batch: list[OutboundRecord], future: asyncio.Future[object]) -> None:
+        self._futures.discard(future)
+        self.in_flight -= len(batch)
+        if future.cancelled():
+            return
+        if future.exception() is not None:
+            self._stats.failed_sends += len(batch)
+            self._returned += batch
+            self._lane.wake()
+            return
+        self._acked(batch)
