@@ -128,9 +128,9 @@ def seed_style_job(pipeline: Pipeline, sink: VisibleAt) -> Any:
         valid_trades,
         window_aggregates,
         window_metrics_columns,
-        with_write_time,
     )
     from pulse.compute.job import read_kafka  # noqa: PLC0415
+    from pulse.compute.stamps import stamp_metrics  # noqa: PLC0415
 
     settings, spark = pipeline.settings, pipeline.spark_session()
     windows = window_metrics_columns(window_aggregates(
@@ -138,7 +138,7 @@ def seed_style_job(pipeline: Pipeline, sink: VisibleAt) -> Any:
             "trade_time", "2 seconds")), settings.signal)
 
     def write(batch: Any, batch_id: int) -> None:
-        sink.write(with_write_time(batch, time.time_ns() // 1_000_000, batch_id).toArrow())
+        sink.write(stamp_metrics(batch.toArrow(), time.time_ns() // 1_000_000, batch_id))
 
     return (windows.writeStream.queryName("seed_style").outputMode("append")
             .option("checkpointLocation", str(settings.checkpoint_dir / "seed_style"))

@@ -191,14 +191,3 @@ def window_metrics_columns(aggregates: DataFrame, settings: SignalSettings) -> D
         "avg_ingest_latency_ms", "max_ingest_latency_ms", "avg_trade_time_ms", "min_trade_time_ms",
     )
 
-
-def with_write_time(metrics: DataFrame, written_at_ms: int, version: int) -> DataFrame:
-    """Stamp a micro-batch with its write time, the write latencies and its version (batch id)."""
-    written = F.lit(written_at_ms).cast("long")
-    return metrics.select(
-        *[c for c in metrics.columns if c not in ("avg_trade_time_ms", "min_trade_time_ms")],
-        (written - F.col("avg_trade_time_ms")).cast("double").alias("avg_write_latency_ms"),
-        (written - F.col("min_trade_time_ms")).cast("double").alias("max_write_latency_ms"),
-        F.timestamp_millis(written).alias("written_at"),
-        F.lit(version).cast("long").alias("version"),
-    )

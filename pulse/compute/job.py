@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
 from pulse.compute.columns import (
@@ -25,9 +24,9 @@ from pulse.compute.columns import (
     valid_trades,
     window_aggregates,
     window_metrics_columns,
-    with_write_time,
 )
 from pulse.compute.progress import batch_watermark_ms, health_row, job_health, kafka_offsets, now_ms
+from pulse.compute.stamps import stamp_metrics, stamp_rejects
 from pulse.settings import PulseSettings
 from pulse.storage.sinks import PulseSinks
 
@@ -200,16 +199,14 @@ def start_queries(spark: SparkSession, settings: PulseSettings, bootstrap: str, 
 
     def write_metrics(batch: DataFrame, batch_id: int) -> None:
         started = time.perf_counter()
-        rows = with_write_time(batch, now_ms(), batch_id).toArrow()
+        rows = batch.toArrow()
         collected = timings.add("collect", started)
-        sinks.metrics.write(rows)
+        sinks.metrics.write(stamp_metrics(rows, now_ms(), batch_id))
         timings.add("insert", collected)
         timings.add("callback", started)
 
     def write_rejects(batch: DataFrame, batch_id: int) -> None:
-        stamped = batch.select(F.timestamp_millis(F.lit(now_ms())).alias("rejected_at"), "*",
-                               F.lit(batch_id).cast("long").alias("version"))
-        sinks.rejects.write(stamped.toArrow())
+        sinks.rejects.write(stamp_rejects(batch.toArrow(), now_ms(), batch_id))
 
     windows = window_metrics_columns(
         window_aggregates(
