@@ -120,10 +120,11 @@ class KafkaPublisher:
                 # Broker away longer than request_timeout: the records wait in their lane (bounded,
                 # oldest dropped first) and count as failed sends, as a batch that could not go would.
                 self.stats.failed_sends += len(lane.records)
-                await asyncio.sleep(self._retry_pause_s)
-                continue
-            self._queue.set_partitions(lane.topic, len(partitions))
-            return
+                partitions = set()
+            if partitions:  # none: a topic being created; spreading over zero partitions would fail
+                self._queue.set_partitions(lane.topic, len(partitions))
+                return
+            await asyncio.sleep(self._retry_pause_s)
 
     def _acked(self, records: list[OutboundRecord]) -> None:
         stats = self.stats

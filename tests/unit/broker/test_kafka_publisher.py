@@ -320,3 +320,21 @@ def test_an_error_in_a_lane_reaches_the_caller_itself():
     queue.put(record("A", 0))
     with pytest.raises(ValueError, match="not a Kafka error"):
         _publish(queue, _nothing_more, Broken())
+
+
+def test_records_wait_while_their_topic_has_no_partitions_yet_and_are_sent_after():
+    class Creating(_Producer):
+        """Metadata of a topic being created lists no partitions at first."""
+
+        asked = 0
+
+        async def partitions_for(self, topic: str) -> set[int]:
+            self.asked += 1
+            return set() if self.asked == 1 else await super().partitions_for(topic)
+
+    queue = DropOldestQueue(10)
+    for i in range(5):
+        queue.put(record("A", i))
+    creating = Creating()
+    publisher, _ = _publish(queue, _nothing_more, creating)
+    assert creating.asked == 2 and creating.written[0] == _values(5) and publisher.stats.published == 5
