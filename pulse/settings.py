@@ -120,8 +120,11 @@ class SparkSettings(BaseModel):
     watermark_s: float = Field(default=2.0, ge=0)
     starting_offsets: Literal["earliest", "latest"] = "latest"
     max_offsets_per_trigger: int | None = Field(default=None, ge=1)
+    # One partition for the stateful stage: each partition is a state store committed to disk
+    # every batch, and at a few hundred trades a batch the second one cost more than it spread
+    # (batches 1.2 s -> 0.7 s, docs/benchmarks.md). On a cluster: at least the executors' cores.
     # Fixed by a query's checkpoint once it exists: a changed value applies to new checkpoints only.
-    shuffle_partitions: int = Field(default=2, ge=1)
+    shuffle_partitions: int = Field(default=1, ge=1)
     # Update mode emits on data; batches without data only move the watermark and evict state.
     no_data_batches: bool = True
     # "hdfs" (Spark's default, in-memory maps snapshotted per batch) or "rocksdb" (with changelog
