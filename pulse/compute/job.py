@@ -9,13 +9,14 @@ row version, so a batch replayed after a crash overwrites itself instead of addi
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
+from pyspark.sql.streaming import StreamingQuery
 
 from pulse.compute.columns import (
     late_trades,
@@ -63,16 +64,17 @@ class LateTradeCounter:
         self._bootstrap = bootstrap
         self._checkpoint = checkpoint
 
-    def count(self, batch_id: int, start_offsets: str | None, end_offsets: str | None) -> int:
+    def count(self, batch_id: int, start_offsets: Any, end_offsets: Any) -> int:
         late_watermark = batch_watermark_ms(self._checkpoint, batch_id - 1)
-        if late_watermark <= 0 or not kafka_offsets(start_offsets) or not kafka_offsets(end_offsets):
+        start, end = kafka_offsets(start_offsets), kafka_offsets(end_offsets)
+        if late_watermark <= 0 or not start or not end:
             return 0
         rows = (
             self._spark.read.format("kafka")
             .option("kafka.bootstrap.servers", self._bootstrap)
             .option("subscribe", self._settings.kafka.trades_topic)
-            .option("startingOffsets", start_offsets)
-            .option("endingOffsets", end_offsets)
+            .option("startingOffsets", json.dumps(start))
+            .option("endingOffsets", json.dumps(end))
             .option("failOnDataLoss", "false")
             .load()
         )
@@ -101,8 +103,15 @@ class BatchTimings:
         return now
 
 
-class HealthListener(StreamingQueryListener):
-    """Writes one `pulse_health` row per micro-batch progress report of our queries."""
+class HealthListener:
+    """Writes one `pulse_health` row per micro-batch progress report of our queries.
+
+    Spark calls it on its listener thread with each report as Spark's own JSON (the form of
+    `query.lastProgress`). PySpark's `StreamingQueryListener` would first rebuild the report from
+    the JVM object field by field: ~60 py4j calls per report, each resolved by reflection, which
+    took a sixth of the driver JVM's CPU at two reports a second (docs/benchmarks.md). One call
+    for the JSON costs next to nothing.
+    """
 
     def __init__(self, sinks: PulseSinks, late_counter: LateTradeCounter | None = None) -> None:
         self._sinks = sinks
@@ -113,32 +122,60 @@ class HealthListener(StreamingQueryListener):
         self.last_progress_at: float | None = None
         self.last_batch_ms = 0
         self.timings = BatchTimings()
+        self._jlistener: Any = None
 
-    def onQueryStarted(self, event: Any) -> None:
-        pass
+    def attach(self, spark: SparkSession) -> None:
+        jvm = spark.sparkContext._jvm
+        assert jvm is not None
+        self._jlistener = jvm.org.apache.spark.sql.streaming.PythonStreamingQueryListenerWrapper(_JsonEvents(self))
+        spark._jsparkSession.streams().addListener(self._jlistener)
 
-    def onQueryIdle(self, event: Any) -> None:
-        if str(event.id) in self.query_ids:
+    def detach(self, spark: SparkSession) -> None:
+        if self._jlistener is not None:
+            spark._jsparkSession.streams().removeListener(self._jlistener)
+            self._jlistener = None
+
+    def on_idle(self, query_id: str) -> None:
+        if query_id in self.query_ids:
             self.last_progress_at = time.monotonic()
 
-    def onQueryTerminated(self, event: Any) -> None:
-        pass
-
-    def onQueryProgress(self, event: Any) -> None:
-        progress = event.progress
-        if str(progress.id) not in self.query_ids:
+    def on_progress(self, progress: dict[str, Any]) -> None:
+        query_id = progress["id"]
+        if query_id not in self.query_ids:
             return
         started = time.perf_counter()
         self.last_progress_at = time.monotonic()
         late = 0
-        dropped = sum(op.numRowsDroppedByWatermark for op in progress.stateOperators)
-        if dropped and self._late_counter is not None and str(progress.id) == self.metrics_query_id:
-            late = sum(self._late_counter.count(progress.batchId, source.startOffset, source.endOffset)
-                       for source in progress.sources)
-        if str(progress.id) == self.metrics_query_id:
-            self.last_batch_ms = int((progress.durationMs or {}).get("triggerExecution", 0))
+        dropped = sum(op.get("numRowsDroppedByWatermark", 0) for op in progress.get("stateOperators", []))
+        if dropped and self._late_counter is not None and query_id == self.metrics_query_id:
+            late = sum(self._late_counter.count(progress["batchId"], source.get("startOffset"), source.get("endOffset"))
+                       for source in progress.get("sources", []))
+        if query_id == self.metrics_query_id:
+            self.last_batch_ms = int(progress.get("durationMs", {}).get("triggerExecution", 0))
         self._sinks.health.write(health_row(progress, late))
         self.timings.add("listener", started)
+
+
+class _JsonEvents:
+    """The Python side of Spark's `PythonStreamingQueryListener`, handing reports on as JSON."""
+
+    def __init__(self, listener: HealthListener) -> None:
+        self._listener = listener
+
+    def onQueryStarted(self, event: Any) -> None:
+        pass
+
+    def onQueryProgress(self, event: Any) -> None:
+        self._listener.on_progress(json.loads(event.progress().json()))
+
+    def onQueryIdle(self, event: Any) -> None:
+        self._listener.on_idle(event.id().toString())
+
+    def onQueryTerminated(self, event: Any) -> None:
+        pass
+
+    class Java:
+        implements: ClassVar[list[str]] = ["org.apache.spark.sql.streaming.PythonStreamingQueryListener"]
 
 
 @dataclass
@@ -158,7 +195,7 @@ class PulseQueries:
         self.stopped = True
         for query in self.all():
             query.stop()
-        self.spark.streams.removeListener(self.listener)
+        self.listener.detach(self.spark)
 
     def raise_if_failed(self) -> None:
         for query in self.all():
@@ -192,7 +229,7 @@ def start_queries(spark: SparkSession, settings: PulseSettings, bootstrap: str, 
     checkpoints = settings.checkpoint_dir
     listener = HealthListener(
         sinks, LateTradeCounter(spark, settings, bootstrap, (checkpoints / METRICS_QUERY).resolve()))
-    spark.streams.addListener(listener)
+    listener.attach(spark)
     parsed = parse_messages(read_kafka(spark, settings, bootstrap))
 
     timings = listener.timings

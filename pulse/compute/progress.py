@@ -35,7 +35,8 @@ def kafka_offsets(progress_offsets: str | Mapping[str, Any] | None) -> dict[str,
     return parsed
 
 
-def offset_range_size(start_offsets: str | None, end_offsets: str | None) -> int:
+def offset_range_size(start_offsets: str | Mapping[str, Any] | None,
+                      end_offsets: str | Mapping[str, Any] | None) -> int:
     """Kafka records in a micro-batch's offset range; 0 when the start is unknown."""
     start, end = kafka_offsets(start_offsets), kafka_offsets(end_offsets)
     if not start:
@@ -106,26 +107,30 @@ def _iso_to_ms(value: str | None) -> int | None:
     return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
 
 
-def health_row(progress: Any, late_trades: int) -> pa.Table:
-    """The `pulse_health` row of one progress report (a pyspark StreamingQueryProgress)."""
-    dropped = sum(op.numRowsDroppedByWatermark for op in progress.stateOperators)
+def health_row(progress: Mapping[str, Any], late_trades: int) -> pa.Table:
+    """The `pulse_health` row of one progress report (Spark's JSON, as `query.lastProgress`)."""
+    operators = progress.get("stateOperators", [])
+    dropped = sum(op.get("numRowsDroppedByWatermark", 0) for op in operators)
     # failOnDataLoss=false skips offsets that were deleted before they were read: the range
     # Spark planned minus the records it got is what was lost.
-    in_range = sum(offset_range_size(source.startOffset, source.endOffset) for source in progress.sources)
-    data_loss = max(0, in_range - int(progress.numInputRows)) if progress.batchId > 0 else 0
+    in_range = sum(offset_range_size(source.get("startOffset"), source.get("endOffset"))
+                   for source in progress.get("sources", []))
+    batch_id = int(progress["batchId"])
+    data_loss = max(0, in_range - int(progress.get("numInputRows", 0))) if batch_id > 0 else 0
     ms = pa.timestamp("ms", "UTC")
     return pa.table({
         "reported_at": pa.array([now_ms()], ms),
-        "query_name": [progress.name or ""],
-        "batch_id": [progress.batchId],
-        "input_rows": [progress.numInputRows],
-        "input_rows_per_second": [float(progress.inputRowsPerSecond or 0.0)],
-        "processed_rows_per_second": [float(progress.processedRowsPerSecond or 0.0)],
+        "query_name": [progress.get("name") or ""],
+        "batch_id": [batch_id],
+        "input_rows": [int(progress.get("numInputRows", 0))],
+        # Spark leaves out a rate it cannot compute (NaN): 0.
+        "input_rows_per_second": [float(progress.get("inputRowsPerSecond") or 0.0)],
+        "processed_rows_per_second": [float(progress.get("processedRowsPerSecond") or 0.0)],
         "late_rows_dropped": [dropped],
         "late_trades": [late_trades],
-        "state_rows": [sum(op.numRowsTotal for op in progress.stateOperators)],
-        "watermark": pa.array([_iso_to_ms((progress.eventTime or {}).get("watermark"))], ms),
-        "batch_duration_ms": [int((progress.durationMs or {}).get("triggerExecution", 0))],
+        "state_rows": [sum(op.get("numRowsTotal", 0) for op in operators)],
+        "watermark": pa.array([_iso_to_ms(progress.get("eventTime", {}).get("watermark"))], ms),
+        "batch_duration_ms": [int(progress.get("durationMs", {}).get("triggerExecution", 0))],
         "data_loss_offsets": [data_loss],
     })
 
