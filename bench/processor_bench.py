@@ -1,7 +1,8 @@
 """Processor freshness and throughput: trade time T -> its window visible in ClickHouse.
 
 In one process: the embedded Kafka broker, the Spark session (local[2]) and chDB, all through
-`pulse.pipeline.Pipeline`. A generator publishes trades stamped T = now at a fixed rate; a thin
+`pulse.pipeline.Pipeline`. A generator in a process of its own publishes trades stamped T = now
+at a fixed rate; a thin
 wrapper around the metrics sink records when each insert returned (the rows are visible from then
 on) and the trade count it carried per window. Trade k of a window is visible at the first insert
 whose count for that window is >= k; freshness = that time - T.
@@ -13,8 +14,10 @@ built from the same column builders. Throughput: a backlog published first, then
 metrics query's batches (Spark's own breakdown).
 
 Run: `make bench-processor` (python -m bench.processor_bench [--json]); BENCH_SECONDS (20) and
-BENCH_BACKLOG (300000) size it. Prints a markdown table; with --json the last line is
-{"freshness_ms": {"pulse": {"p50", "p99"}, "seed_style": {...}}, "offered_per_s": 1000, "backlog_trades_per_s"}.
+BENCH_BACKLOG (300000) size it, BENCH_PARTITIONS (3) sets the topic's partitions, BENCH_VARIANTS
+adds runs with other job settings. Prints a markdown table; with --json the last line is
+{"freshness_ms": {"pulse": {"p50", "p99"}, "seed_style": {...}}, "offered_per_s": 1000, "backlog_trades_per_s",
+"freshness_ms_at_10k": {"p50", "p99"}}.
 Benchmarks report; they never assert on time.
 """
 
@@ -49,21 +52,32 @@ class VisibleAt:
 
     def __init__(self, inner: Sink) -> None:
         self.inner = inner
-        self.visible: list[tuple[float, list[int], list[int]]] = []
+        self.visible: list[tuple[float, list[tuple[str, int]], list[int]]] = []
 
     def write(self, batch: pa.Table) -> None:
         self.inner.write(batch)
         if batch.num_rows:
-            starts = [int(v.timestamp() * 1000) for v in batch.column("window_start").to_pylist()]
-            self.visible.append((time.time() * 1000, starts, batch.column("trade_count").to_pylist()))
+            windows = [(symbol, int(start.timestamp() * 1000)) for symbol, start in
+                       zip(batch.column("symbol").to_pylist(), batch.column("window_start").to_pylist(), strict=True)]
+            self.visible.append((time.time() * 1000, windows, batch.column("trade_count").to_pylist()))
+
+
+# Pulse's default trades topic has 3 partitions (BENCH_PARTITIONS changes it); trade k goes to
+# partition k % 3 with a symbol of its own there, so the job reads the partitions in parallel as it
+# would a real feed.
+PARTITIONS = int(os.environ.get("BENCH_PARTITIONS", "3"))
+
+
+def partition_of(agg_id: int) -> int:
+    return agg_id % PARTITIONS
 
 
 def message(agg_id: int, time_ms: int) -> bytes:
     return orjson.dumps({
-        "schema_version": 1, "symbol": "BENCHUSDT", "price": 100.0 + (agg_id % 100) / 100, "quantity": 0.5,
-        "timestamp": time_ms, "side": "BUY" if agg_id % 3 else "SELL", "agg_trade_id": agg_id,
+        "schema_version": 1, "symbol": f"BENCH{partition_of(agg_id)}USDT", "price": 100.0 + (agg_id % 100) / 100,
+        "quantity": 0.5, "timestamp": time_ms, "side": "BUY" if agg_id % 7 > 2 else "SELL", "agg_trade_id": agg_id,
         "first_trade_id": agg_id, "last_trade_id": agg_id, "event_time": time_ms, "ingest_time": time_ms,
-        "buyer_is_maker": agg_id % 3 == 0, "quantity_no_rpi": None,
+        "buyer_is_maker": agg_id % 7 <= 2, "quantity_no_rpi": None,
     })
 
 
@@ -81,7 +95,7 @@ async def publish(bootstrap: str, topic: str, rate: float | None, count: int) ->
             due = count if rate is None else min(count, int((time.monotonic() - started) * rate) + 1)
             now_ms = time.time_ns() // 1_000_000
             while sent < due:
-                await producer.send(topic, message(sent + 1, now_ms), partition=0)
+                await producer.send(topic, message(sent + 1, now_ms), partition=partition_of(sent + 1))
                 times.append(now_ms)
                 sent += 1
             if rate is not None:
@@ -106,22 +120,26 @@ async def _warm_up(bootstrap: str, topic: str) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:
-        await producer.send_and_wait(topic, message(0, time.time_ns() // 1_000_000 - 60_000), partition=0)
+        for agg_id in range(PARTITIONS):  # a trade per partition: every task of the plan runs once
+            await producer.send_and_wait(topic, message(-agg_id, time.time_ns() // 1_000_000 - 60_000),
+                                         partition=partition_of(-agg_id))
     finally:
         await producer.stop()
 
 
-def freshness(times: list[int], visible: list[tuple[float, list[int], list[int]]]) -> list[float]:
-    per_window: dict[int, list[tuple[float, int]]] = defaultdict(list)
-    for at, starts, counts in visible:
-        for start, count in zip(starts, counts, strict=True):
-            per_window[start].append((at, count))
-    trades: dict[int, list[int]] = defaultdict(list)
-    for t in times:
-        trades[t - t % 1000].append(t)
+def freshness(times: list[int], visible: list[tuple[float, list[tuple[str, int]], list[int]]]) -> list[float]:
+    """Trade k of a (symbol, window) is visible from the first insert whose count for it is >= k.
+    `times[i]` is the T of trade i + 1 (its agg id), which fixes its partition and symbol."""
+    per_window: dict[tuple[str, int], list[tuple[float, int]]] = defaultdict(list)
+    for at, windows, counts in visible:
+        for window, count in zip(windows, counts, strict=True):
+            per_window[window].append((at, count))
+    trades: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for agg_id, t in enumerate(times, start=1):
+        trades[(f"BENCH{partition_of(agg_id)}USDT", t - t % 1000)].append(t)
     result = []
-    for start, stamps in trades.items():
-        seen = sorted(per_window.get(start, []))
+    for window, stamps in trades.items():
+        seen = sorted(per_window.get(window, []))
         for k, t in enumerate(stamps, start=1):
             visible_at = [a for a, c in seen if c >= k]
             if visible_at:
@@ -181,7 +199,7 @@ def run(base: PulseSettings, bootstrap: str, rate: float | None, count: int, job
     topic = f"bench_{uuid.uuid4().hex[:8]}"
     settings = base.override(
         kafka={"bootstrap_servers": bootstrap, "trades_topic": topic, "dead_letter_topic": f"{topic}.dlq",
-               "gaps_topic": f"{topic}.gaps", "partitions": 1},
+               "gaps_topic": f"{topic}.gaps", "partitions": PARTITIONS},
         clickhouse={"database": f"bench_{uuid.uuid4().hex[:8]}"},
         spark={"checkpoint_dir": base.data_dir / topic, "starting_offsets": "earliest"})
     recorders: list[VisibleAt] = []
@@ -251,7 +269,8 @@ async def _push_watermark(bootstrap: str, topic: str) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:
-        await producer.send_and_wait(topic, message(10**9, time.time_ns() // 1_000_000 + 10_000), partition=0)
+        await producer.send_and_wait(topic, message(10**9, time.time_ns() // 1_000_000 + 10_000),
+                                     partition=partition_of(10**9))
     finally:
         await producer.stop()
 
@@ -279,7 +298,7 @@ def main() -> None:
         shared.spark_session()
         bootstrap = shared.bootstrap
         # A fresh JVM compiles as it goes: the first run would pay for it and flatter every later one.
-        run(base, bootstrap, 1_000, int(1_000 * min(seconds, 10)), "pulse")
+        run(base, bootstrap, 1_000, int(1_000 * seconds), "pulse")
         for name, job, rate in (("pulse", "pulse", 1_000), ("seed_style", "seed", 1_000),
                                 ("pulse_10k", "pulse", 10_000), *VARIANT_RUNS):
             r = results[name] = run(base, bootstrap, rate, int(rate * seconds), job)
