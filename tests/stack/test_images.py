@@ -41,7 +41,7 @@ LOCAL_ONLY = {"chdb": "the in-process engine", "chdb-core": "chdb's engine",
               "rich": "the terminal dashboard of `pulse live` and `pulse demo`, which no image runs"}
 # Used at run time without an import statement of Pulse's own.
 IMPLIED = {
-    # ProducerSettings.compression is lz4 by default; aiokafka's lz4 codec is cramjam.
+    # ProducerSettings.compression is zstd by default; cramjam is aiokafka's zstd (and lz4) codec.
     "aiokafka": {"cramjam"},
 }
 # The interpreter of the images (docker/Dockerfile's python base), for environment markers.
