@@ -14,11 +14,11 @@ from pulse.source.binance.markets import MARKETS
 
 def test_override_validates_and_keeps_the_rest():
     base = PulseSettings(_env_file=None)  # type: ignore[call-arg]
-    changed = base.override(data_dir=Path("/tmp/x"), spark={"trigger_ms": 250},
+    changed = base.override(data_dir=Path("/tmp/x"), spark={"trigger_ms": 1000},
                             producer={"symbols": "btcusdt,BTCUSDT_260327", "market": "spot"})
-    assert (changed.data_dir, changed.spark.trigger_ms, changed.spark.watermark_s) == (Path("/tmp/x"), 250, 2.0)
+    assert (changed.data_dir, changed.spark.trigger_ms, changed.spark.watermark_s) == (Path("/tmp/x"), 1000, 2.0)
     assert changed.producer.symbols == ["BTCUSDT", "BTCUSDT_260327"] and changed.producer.market == "spot"
-    assert base.spark.trigger_ms == 500, "the original is untouched"
+    assert base.spark.trigger_ms == 250, "the original is untouched"
     with pytest.raises(ValidationError, match="trigger_ms"):
         base.override(spark={"trigger_ms": 1})
     with pytest.raises(ValidationError, match="market"):
