@@ -168,7 +168,7 @@ def seed_style_job(pipeline: Pipeline, sink: VisibleAt) -> Any:
             "trade_time", "2 seconds")), settings.signal)
 
     def write(batch: Any, batch_id: int) -> None:
-        sink.write(stamp_metrics(batch.toArrow(), time.time_ns() // 1_000_000, batch_id))
+        sink.write(stamp_metrics(batch.toArrow(), time.time_ns() // 1_000_000))
 
     return (windows.writeStream.queryName("seed_style").outputMode("append")
             .option("checkpointLocation", str(settings.checkpoint_dir / "seed_style"))

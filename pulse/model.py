@@ -2,6 +2,8 @@
 
 - `Trade`: one aggregate trade, as every stage after the source sees it.
 - `Gap`: aggregate ids of a symbol that the live source never saw (yet).
+- `WindowUpdateV1`, `RejectV1`: what the Spark job publishes in Real-Time Mode for the store
+  writer (Spark writes them with `to_json`; `pulse.compute.columns` derives the columns from here).
 - `TradeMessageV1`, `DeadLetterV1`, `GapEventV1`: what the producer publishes to Kafka. These
   msgspec structs ARE the contract: docs/*.v1.schema.json and the Spark read schema
   (`pulse.compute.columns.TRADE_MESSAGE_SCHEMA`, derived from `TradeMessageV1`) are checked
@@ -114,6 +116,52 @@ class GapEventV1(msgspec.Struct, frozen=True):
     missing_count: int
     reason: str
     detected_at: int
+
+
+class WindowUpdateV1(msgspec.Struct, frozen=True):
+    """A window's newest state, on the metrics topic (key = `symbol|window_start_ms`).
+
+    Real-Time Mode emits one per valid trade: the whole window as it stands after that trade.
+    `{"symbol":"BTCUSDT","window_start_ms":1735689600000,"window_end_ms":1735689601000,"vwap":93512.4,
+    ...,"trade_count":12,...,"max_trade_time_ms":1735689600987}`
+    """
+
+    symbol: str
+    window_start_ms: int
+    window_end_ms: int
+    vwap: float
+    net_delta: float
+    buy_pressure_pct: float
+    total_volume: float
+    trade_count: int
+    avg_price_1_sec: float
+    signal: str
+    open: float
+    high: float
+    low: float
+    close: float
+    buy_volume: float
+    sell_volume: float
+    quote_volume: float
+    first_agg_trade_id: int
+    last_agg_trade_id: int
+    expected_trade_count: int
+    avg_ingest_latency_ms: float
+    max_ingest_latency_ms: float
+    avg_trade_time_ms: float
+    min_trade_time_ms: int
+    max_trade_time_ms: int
+
+
+class RejectV1(msgspec.Struct, frozen=True):
+    """A message the job refused, on the rejects topic (key = `topic|partition|offset`)."""
+
+    topic: str
+    partition: int
+    offset: int
+    kafka_time_ms: int
+    reason: str
+    raw_value: str
 
 
 _encode = msgspec.json.Encoder().encode

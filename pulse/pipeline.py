@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import shutil
 import signal
@@ -31,6 +32,7 @@ from pulse.source.base import Source
 from pulse.storage.clickhouse import ChdbEngine, ChdbTransport, ClickHouseTransport, apply_schema, open_transport
 from pulse.storage.sinks import PulseSinks
 from pulse.telemetry import Telemetry, serve_in_thread, start_metrics_server
+from pulse.writer import StoreWriter
 
 if TYPE_CHECKING:
     from pulse.compute.job import PulseQueries
@@ -81,6 +83,8 @@ class Pipeline:
         self.producers: list[ProducerService] = []
         self._background: list[Background] = []
         self._health_server: ThreadingHTTPServer | None = None
+        self.writer: StoreWriter | None = None
+        self._writer_run: Background | None = None
 
     # -- the parts, each started once, on first use -------------------------------------------
 
@@ -121,7 +125,8 @@ class Pipeline:
         if self._topics_ready:
             return
         kafka = self.settings.kafka
-        await ensure_topics(self.bootstrap, [kafka.trades_topic, kafka.dead_letter_topic, kafka.gaps_topic],
+        await ensure_topics(self.bootstrap, [kafka.trades_topic, kafka.dead_letter_topic, kafka.gaps_topic,
+                                             kafka.metrics_topic, kafka.rejects_topic],
                             kafka.partitions, replication_factor=kafka.replication_factor,
                             configs=kafka.topic_configs())
         self._topics_ready = True
@@ -147,7 +152,7 @@ class Pipeline:
 
             from pulse.compute.spark_session import build_spark_session  # noqa: PLC0415
 
-            self._say(f"starting Spark ({self.settings.spark.master}) with the Kafka connector")
+            self._say(f"starting Spark ({self.settings.spark_master}) with the Kafka connector")
             # A session that was already running (tests, a notebook kernel) is shared, not ours to stop.
             self._owns_spark = SparkContext._active_spark_context is None
             self._spark = build_spark_session(self.settings)
@@ -159,21 +164,74 @@ class Pipeline:
             from pulse.compute.job import start_queries  # noqa: PLC0415 - Spark only for runs that compute
 
             sinks = self._make_sinks(self.store())
+            if self.settings.realtime:
+                self.create_topics()
+                if self.settings.writer.in_process:
+                    self.start_writer(sinks)
             self.queries = start_queries(self.spark_session(), self.settings, self.bootstrap, sinks)
         return self.queries
+
+    def start_writer(self, sinks: PulseSinks | None = None) -> StoreWriter:
+        """The store writer (Real-Time Mode's job output -> ClickHouse) on a thread of its own."""
+        if self.writer is None:
+            self.create_topics()
+            writer = self.writer = StoreWriter(self.settings, sinks or self._make_sinks(self.store()))
+            bootstrap = self.bootstrap
+            stop_event = threading.Event()
+            outcome: Future[Any] = Future()
+            ready = threading.Event()
+
+            async def run() -> StoreWriter:
+                stopping, started = asyncio.Event(), asyncio.Event()
+                watcher = asyncio.create_task(_forward(stop_event, stopping))
+                signal_ready = asyncio.create_task(_signal(started, ready))
+                try:
+                    await writer.run(bootstrap, stopping, started)
+                finally:
+                    watcher.cancel()
+                    signal_ready.cancel()
+                return writer
+
+            threading.Thread(target=lambda: _settle(outcome, lambda: asyncio.run(run())), name="pulse-store-writer",
+                             daemon=True).start()
+            self._writer_run = Background(outcome, stop_event)
+            while not ready.wait(0.05):
+                if outcome.done():
+                    outcome.result()  # raises what stopped the writer before it was ready
+        return self.writer
+
+    def stop_writer(self) -> None:
+        """Stop the writer after it inserted what the job wrote (call once the job stopped)."""
+        if self._writer_run is not None:
+            run, self._writer_run = self._writer_run, None
+            run.stop()
 
     def serve_job_health(self) -> int:
         """The job's `/health` and `/metrics` (port from settings, 0 = any); returns the bound port."""
         queries = self.start_job()
         spark = self.settings.spark
 
-        def snapshot() -> Telemetry:
-            health = queries.health(spark.health_stale_s)
-            return Telemetry(gauges={"ready": float(health["ready"]),
-                                     "last_batch_duration_ms": float(queries.listener.last_batch_ms)})
+        writer = self.writer
 
-        self._health_server = serve_in_thread(snapshot, lambda: queries.health(spark.health_stale_s),
-                                              spark.health_port, spark.health_host, "pulse_processor_")
+        def health() -> dict[str, Any]:
+            state = queries.health(spark.health_stale_s)
+            if writer is not None:  # Real-Time Mode with the writer in this process: red when it stalls
+                state["writer"] = writer.health()
+                state["ready"] = state["ready"] and state["writer"]["ready"]
+            return state
+
+        def snapshot() -> Telemetry:
+            gauges = Telemetry(gauges={"ready": float(health()["ready"]),
+                                       "last_batch_duration_ms": float(queries.listener.last_batch_ms)})
+            if writer is None:
+                return gauges
+            own = writer.telemetry()
+            return Telemetry(counters={f"writer_{k}": v for k, v in own.counters.items()},
+                             gauges={**{f"writer_{k}": v for k, v in own.gauges.items()}, **gauges.gauges},
+                             histograms={f"writer_{k}": v for k, v in own.histograms.items()})
+
+        self._health_server = serve_in_thread(snapshot, health, spark.health_port, spark.health_host,
+                                              "pulse_processor_")
         port: int = self._health_server.server_address[1]
         return port
 
@@ -181,6 +239,7 @@ class Pipeline:
         """Stop the queries (the checkpoint stays consistent); the store stays open for reading."""
         if self.queries is not None:
             self.queries.stop()
+        self.stop_writer()
 
     # -- the producer ------------------------------------------------------------------------------
 
@@ -232,7 +291,8 @@ class Pipeline:
     # -- waiting for the job -----------------------------------------------------------------------
 
     def wait_caught_up(self, timeout_s: float, poll_s: float = 0.25) -> None:
-        """Block until both queries have processed everything the trades topic holds now."""
+        """Block until both queries have processed everything the trades topic holds now, and (Real-Time
+        Mode) the store writer inserted everything they wrote."""
         queries = self.start_job()
         topic = self.settings.kafka.trades_topic
         end = {topic: _run_async(lambda: end_offsets(self.bootstrap, topic))}
@@ -242,16 +302,46 @@ class Pipeline:
             queries.raise_if_failed()
             pending = [q for q in pending if not reached(q.lastProgress, end)]
             if not pending:
-                return
+                break
             if time.monotonic() > deadline:
                 names = ", ".join(q.name for q in pending)
                 raise TimeoutError(f"Spark queries {names} did not catch up within {timeout_s:.0f}s")
             time.sleep(poll_s)
+        outputs = self._output_ends()
+        while self.writer is not None and not self.writer.caught_up(outputs):
+            self._raise_if_writer_failed()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the store writer did not insert the job's output within {timeout_s:.0f}s")
+            time.sleep(0.02)
+
+    def _output_ends(self) -> dict[tuple[str, int], int]:
+        if self.writer is None:
+            return {}
+        kafka = self.settings.kafka
+        ends: dict[tuple[str, int], int] = {}
+        for topic in (kafka.metrics_topic, kafka.rejects_topic):
+            offsets: dict[int, int] = _run_async(functools.partial(end_offsets, self.bootstrap, topic))
+            ends.update({(topic, partition): offset for partition, offset in offsets.items()})
+        return ends
+
+    def _raise_if_writer_failed(self) -> None:
+        if self._writer_run is not None and self._writer_run.done:
+            self._writer_run.result()
+            raise RuntimeError("the store writer stopped")
 
     def caught_up(self) -> bool:
-        """Both queries read everything Kafka had, and Spark sees nothing newer."""
+        """Both queries read everything Kafka had, Spark sees nothing newer, and the writer inserted it all.
+
+        A Real-Time Mode query is always in its (long-running) batch: it has caught up once the last
+        batch it finished ended at the topic's end."""
         queries = self.start_job()
         queries.raise_if_failed()
+        self._raise_if_writer_failed()
+        if self.settings.realtime:
+            topic = self.settings.kafka.trades_topic
+            end = {topic: _run_async(lambda: end_offsets(self.bootstrap, topic))}
+            return (all(reached(q.lastProgress, end) for q in queries.all())
+                    and self.writer is not None and self.writer.caught_up(self._output_ends()))
         return all(caught_up(q.lastProgress, q.status) for q in queries.all())
 
     def wait_idle(self, idle_s: float, stop: threading.Event | None = None, timeout_s: float | None = None,
@@ -285,6 +375,7 @@ class Pipeline:
                 self._health_server.server_close()
             if self.queries is not None:
                 self.queries.stop()
+            self.stop_writer()
         finally:
             try:
                 if self._spark is not None and self._owns_spark:
@@ -323,6 +414,11 @@ def _sigint_ignored_by_children() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+
+
+async def _signal(flag: asyncio.Event, to: threading.Event) -> None:
+    await flag.wait()
+    to.set()
 
 
 async def _forward(flag: threading.Event, stop: asyncio.Event) -> None:

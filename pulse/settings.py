@@ -28,6 +28,10 @@ class KafkaSettings(BaseModel):
     dead_letter_topic: str = "pulse.aggtrades.dlq.v1"
     # Aggregate-id ranges the producer could not recover (pulse.broker.trade_message.encode_gap).
     gaps_topic: str = "pulse.aggtrades.gaps.v1"
+    # Real-Time Mode: the job writes window updates and rejects here with Spark's own Kafka sink
+    # (keyed by symbol and window, by topic/partition/offset); the store writer inserts them.
+    metrics_topic: str = "pulse.metrics.v1"
+    rejects_topic: str = "pulse.rejects.v1"
     partitions: int = Field(default=3, ge=1)
     # Copies of every partition of the topics Pulse creates: 3 on a cluster of 3 or more brokers,
     # 1 for the embedded single node (a topic cannot have more copies than there are brokers).
@@ -109,7 +113,17 @@ class ProducerSettings(BaseModel):
 
 
 class SparkSettings(BaseModel):
-    master: str = "local[2]"
+    # "realtime": Spark's Real-Time Mode, long-running tasks that process each trade as it arrives
+    # and write through Spark's Kafka sink to the store writer (p50 tens of ms, docs/benchmarks.md).
+    # "microbatch": a batch every trigger_ms, written by a foreachBatch callback (p50 ~0.6-2 s).
+    mode: Literal["realtime", "microbatch"] = "realtime"
+    # Real-Time Mode: how long one batch of the long-running tasks lasts. At its end Spark commits
+    # offsets and state, advances the watermark and evicts closed windows; a trade is "late" when its
+    # window ended at or before the watermark of the batch it arrives in (docs/signals.md).
+    realtime_batch_s: float = Field(default=5.0, ge=1)
+    # None: sized from the topic. Real-Time Mode runs every stage's tasks at once, so local mode
+    # needs a slot per input partition for each query plus the shuffle partitions (task_slots()).
+    master: str | None = None
     app_name: str = "pulse-processor"
     # A batch with data takes ~0.3-0.5 s on two cores; a 250 ms trigger starts the next one as soon
     # as the last ends, which cut p99 freshness by a quarter against 500 ms (docs/benchmarks.md).
@@ -131,7 +145,19 @@ class SparkSettings(BaseModel):
     no_data_batches: bool = True
     # "hdfs" (Spark's default, in-memory maps snapshotted per batch) or "rocksdb" (with changelog
     # checkpointing). Fixed by an existing checkpoint: switching needs a new one (docs/operations.md).
-    state_store: Literal["hdfs", "rocksdb"] = "hdfs"
+    # None: rocksdb in Real-Time Mode (the only store it accepts), hdfs for micro-batches.
+    state_store: Literal["hdfs", "rocksdb"] | None = None
+
+    @model_validator(mode="after")
+    def _realtime_needs_rocksdb(self) -> Self:
+        if self.mode == "realtime" and self.state_store == "hdfs":
+            raise ValueError("Real-Time Mode keeps its state in RocksDB only: unset state_store,"
+                             " or set mode=microbatch")
+        return self
+
+    @property
+    def state_store_provider(self) -> Literal["hdfs", "rocksdb"]:
+        return self.state_store or ("rocksdb" if self.mode == "realtime" else "hdfs")
     # None: <data_dir>/checkpoints. On a cluster, a path every node and the driver share.
     checkpoint_dir: Path | None = None
     # Local mode talks over loopback; on a cluster, the address executors reach the driver at.
@@ -146,6 +172,24 @@ class SparkSettings(BaseModel):
     health_stale_s: float = Field(default=60.0, gt=0)
     # Anything else Spark accepts, e.g. PULSE_SPARK__EXTRA_CONF='{"spark.executor.memory": "4g"}'.
     extra_conf: dict[str, str] = Field(default_factory=dict)
+
+
+class WriterSettings(BaseModel):
+    """The store writer (Real-Time Mode): job output topics -> pulse_metrics / pulse_rejects."""
+
+    # A poll returns as soon as records arrive; this bounds how long it waits when none do.
+    max_wait_ms: int = Field(default=20, ge=1, le=1000)
+    max_records: int = Field(default=50_000, ge=1)
+    group_id: str = "pulse-store-writer"
+    # True: the writer runs inside `pulse process` / `demo` / `live` (a chDB store can only be
+    # opened by one process). False: it runs as `pulse store` (the docker stack's store-writer).
+    in_process: bool = True
+    # /health turns red when records wait and no insert succeeded for this long.
+    stale_s: float = Field(default=15.0, gt=0)
+    # Inserts that fail (ClickHouse unreachable) are retried with backoff up to this pause.
+    retry_max_s: float = Field(default=5.0, gt=0)
+    health_port: int = Field(default=9110, ge=0)
+    health_host: str = "127.0.0.1"
 
 
 class SignalSettings(BaseModel):
@@ -184,6 +228,7 @@ class PulseSettings(BaseSettings):
     producer: ProducerSettings = Field(default_factory=ProducerSettings)
     spark: SparkSettings = Field(default_factory=SparkSettings)
     signal: SignalSettings = Field(default_factory=SignalSettings)
+    writer: WriterSettings = Field(default_factory=WriterSettings)
     clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
 
     def override(self, **changes: Any) -> Self:
@@ -197,6 +242,22 @@ class PulseSettings(BaseSettings):
     @property
     def checkpoint_dir(self) -> Path:
         return self.spark.checkpoint_dir or self.data_dir / "checkpoints"
+
+    @property
+    def realtime(self) -> bool:
+        return self.spark.mode == "realtime"
+
+    def task_slots(self) -> int:
+        """Local task slots the job needs: Real-Time Mode keeps every task of both queries running
+        at once (metrics: a task per input partition plus the shuffle partitions; rejects: a task
+        per input partition); micro-batches need no more than the machine's two cores."""
+        if not self.realtime:
+            return 2
+        return 2 * self.kafka.partitions + self.spark.shuffle_partitions
+
+    @property
+    def spark_master(self) -> str:
+        return self.spark.master or f"local[{self.task_slots()}]"
 
     @property
     def chdb_path(self) -> Path:

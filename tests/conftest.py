@@ -60,7 +60,8 @@ def chdb_engine(base_settings: PulseSettings) -> Iterator[ChdbEngine]:
 def topics(kafka: LocalKafkaBroker) -> KafkaSettings:
     """Fresh trades and dead-letter topics for one test."""
     settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, trades_topic=unique_name("trades"),
-                             dead_letter_topic=unique_name("dlq"), partitions=3)
+                             dead_letter_topic=unique_name("dlq"), metrics_topic=unique_name("metrics"),
+                             rejects_topic=unique_name("rejects"), partitions=3)
     asyncio.run(ensure_topics(kafka.bootstrap, [settings.trades_topic, settings.dead_letter_topic],
                               settings.partitions))
     return settings
@@ -83,5 +84,5 @@ def settings(base_settings: PulseSettings, topics: KafkaSettings, database: Chdb
         "clickhouse": base_settings.clickhouse.model_copy(update={"database": database.database}),
         "spark": base_settings.spark.model_copy(update={
             "starting_offsets": "earliest", "checkpoint_dir": tmp_path / "checkpoints", "trigger_ms": 250,
-            "rejects_trigger_ms": 500}),
+            "rejects_trigger_ms": 500, "realtime_batch_s": 2.0}),
     })

@@ -18,7 +18,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from pulse.model import Signal, TradeMessageV1
+from pulse.model import RejectV1, Signal, TradeMessageV1, WindowUpdateV1
 from pulse.settings import SignalSettings
 
 # Differences smaller than this share of the magnitudes are float noise, never a signal.
@@ -169,6 +169,7 @@ def window_aggregates(trades: DataFrame, window_seconds: int = 1) -> DataFrame:
         F.max(F.col("ingest_time_ms") - F.col("trade_time_ms")).alias("max_ingest_latency_ms"),
         F.avg("trade_time_ms").alias("avg_trade_time_ms"),
         F.min("trade_time_ms").alias("min_trade_time_ms"),
+        F.max("trade_time_ms").alias("max_trade_time_ms"),
     )
 
 
@@ -191,5 +192,31 @@ def window_metrics_columns(aggregates: DataFrame, settings: SignalSettings) -> D
         "first_agg_trade_id", "last_agg_trade_id",
         (F.col("last_agg_trade_id") - F.col("first_agg_trade_id") + 1).alias("expected_trade_count"),
         "avg_ingest_latency_ms", "max_ingest_latency_ms", "avg_trade_time_ms", "min_trade_time_ms",
+        "max_trade_time_ms",
     )
 
+
+
+def _record_fields(struct: type[msgspec.Struct]) -> list[str]:
+    info = msgspec.inspect.type_info(struct)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return [field.encode_name for field in info.fields]
+
+
+def _json_record(key: Column, rows: DataFrame, struct: type[msgspec.Struct]) -> DataFrame:
+    # Nulls are written, not left out: the store writer's decoder wants every field.
+    value = F.to_json(F.struct(*_record_fields(struct)), {"ignoreNullFields": "false"})
+    return rows.select(key.alias("key"), value.alias("value"))
+
+
+def window_update_records(windows: DataFrame) -> DataFrame:
+    """`window_metrics_columns` rows -> the metrics topic's records (`WindowUpdateV1`, key symbol|start)."""
+    rows = (windows.withColumn("window_start_ms", F.unix_millis("window_start"))
+            .withColumn("window_end_ms", F.unix_millis("window_end")))
+    return _json_record(F.concat_ws("|", "symbol", F.col("window_start_ms").cast("string")), rows, WindowUpdateV1)
+
+
+def reject_records(rejects: DataFrame) -> DataFrame:
+    """`rejected_messages` rows -> the rejects topic's records (`RejectV1`, key topic|partition|offset)."""
+    rows = rejects.withColumn("kafka_time_ms", F.unix_millis("kafka_time"))
+    return _json_record(F.concat_ws("|", "topic", "partition", "offset"), rows, RejectV1)

@@ -3,14 +3,24 @@
 This module builds and starts the queries, nothing else: the session comes from
 `spark_session`, the sinks from `pulse.storage.sinks`, and reading progress from `progress`.
 Two streaming queries share the source topic: `pulse_metrics` (stateful, update mode) and
-`pulse_rejects` (stateless). Both write through `foreachBatch` with the Spark batch id as the
-row version, so a batch replayed after a crash overwrites itself instead of adding to the table.
+`pulse_rejects` (stateless). How they write depends on `spark.mode`:
+
+- realtime (default): Spark's Real-Time Mode. Long-running tasks process each trade as it
+  arrives, and Spark's own Kafka sink writes each window update and reject to the metrics and
+  rejects topics; the store writer (`pulse.writer`) inserts them. No Python on the per-row path.
+- microbatch: a batch per trigger, collected to Arrow in a `foreachBatch` callback and written
+  through the sinks.
+
+Either way a row's version is its window's trade count, so a replay overwrites itself instead of
+adding to the table.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,10 +31,12 @@ from pyspark.sql.streaming import StreamingQuery
 from pulse.compute.columns import (
     late_trades,
     parse_messages,
+    reject_records,
     rejected_messages,
     valid_trades,
     window_aggregates,
     window_metrics_columns,
+    window_update_records,
 )
 from pulse.compute.progress import batch_watermark_ms, health_row, job_health, kafka_offsets, now_ms
 from pulse.compute.stamps import stamp_metrics, stamp_rejects
@@ -193,8 +205,9 @@ class PulseQueries:
         if self.stopped:
             return
         self.stopped = True
-        for query in self.all():
-            query.stop()
+        with quiet_stop(self.spark):
+            for query in self.all():
+                query.stop()
         self.listener.detach(self.spark)
 
     def raise_if_failed(self) -> None:
@@ -217,10 +230,42 @@ def _configure(spark: SparkSession, settings: PulseSettings) -> None:
     """Streaming SQL settings, read by a query when it starts (a checkpoint keeps its own)."""
     job = settings.spark
     spark.conf.set("spark.sql.shuffle.partitions", str(job.shuffle_partitions))
+    # Spark refuses Real-Time Mode batches under 5 s unless told: the tests use shorter ones, so
+    # that waiting for a batch's end (caught up, idle) takes less; the setting is the one guard.
+    spark.conf.set("spark.sql.streaming.realTimeMode.minBatchDuration", f"{int(job.realtime_batch_s * 1000)}ms")
     spark.conf.set("spark.sql.streaming.noDataMicroBatches.enabled", str(job.no_data_batches).lower())
-    spark.conf.set("spark.sql.streaming.stateStore.providerClass", _STATE_STORES[job.state_store])
+    spark.conf.set("spark.sql.streaming.stateStore.providerClass", _STATE_STORES[job.state_store_provider])
     spark.conf.set("spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled",
-                   str(job.state_store == "rocksdb").lower())
+                   str(job.state_store_provider == "rocksdb").lower())
+
+
+@contextlib.contextmanager
+def quiet_stop(spark: SparkSession) -> Iterator[None]:
+    """Stopping a Real-Time Mode query cancels its long-running tasks, and Spark logs that as errors
+    (the shuffle writer closed, the job cancelled, a broadcast block gone): a requested stop is no
+    failure, so Spark's log is kept to fatal lines while the queries stop."""
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    configurator = jvm.org.apache.logging.log4j.core.config.Configurator
+    level = jvm.org.apache.logging.log4j.Level
+    configurator.setRootLevel(level.FATAL)
+    try:
+        yield
+    finally:
+        configurator.setRootLevel(level.WARN)
+
+
+def _kafka_sink(records: DataFrame, name: str, topic: str, settings: PulseSettings, bootstrap: str) -> StreamingQuery:
+    writer: Any = (
+        records.writeStream.queryName(name).outputMode("update").format("kafka")
+        .option("kafka.bootstrap.servers", bootstrap).option("topic", topic)
+        # Every record is on its way as soon as it is produced; Spark flushes at each batch's commit.
+        .option("kafka.linger.ms", "0")
+        .option("checkpointLocation", str((settings.checkpoint_dir / name).resolve()))
+    )
+    # pyspark's type stubs do not know the realTime trigger yet.
+    query: StreamingQuery = writer.trigger(realTime=f"{settings.spark.realtime_batch_s:g} seconds").start()
+    return query
 
 
 def start_queries(spark: SparkSession, settings: PulseSettings, bootstrap: str, sinks: PulseSinks) -> PulseQueries:
@@ -233,24 +278,30 @@ def start_queries(spark: SparkSession, settings: PulseSettings, bootstrap: str, 
     parsed = parse_messages(read_kafka(spark, settings, bootstrap))
 
     timings = listener.timings
-
-    def write_metrics(batch: DataFrame, batch_id: int) -> None:
-        started = time.perf_counter()
-        rows = batch.toArrow()
-        collected = timings.add("collect", started)
-        sinks.metrics.write(stamp_metrics(rows, now_ms(), batch_id))
-        timings.add("insert", collected)
-        timings.add("callback", started)
-
-    def write_rejects(batch: DataFrame, batch_id: int) -> None:
-        sinks.rejects.write(stamp_rejects(batch.toArrow(), now_ms(), batch_id))
-
     windows = window_metrics_columns(
         window_aggregates(
             valid_trades(parsed).withWatermark("trade_time", f"{int(settings.spark.watermark_s * 1000)} milliseconds")
         ),
         settings.signal,
     )
+    if settings.realtime:
+        kafka = settings.kafka
+        metrics = _kafka_sink(window_update_records(windows), METRICS_QUERY, kafka.metrics_topic, settings, bootstrap)
+        rejects = _kafka_sink(reject_records(rejected_messages(parsed)), REJECTS_QUERY, kafka.rejects_topic,
+                              settings, bootstrap)
+        return _started(spark, metrics, rejects, listener)
+
+    def write_metrics(batch: DataFrame, batch_id: int) -> None:
+        started = time.perf_counter()
+        rows = batch.toArrow()
+        collected = timings.add("collect", started)
+        sinks.metrics.write(stamp_metrics(rows, now_ms()))
+        timings.add("insert", collected)
+        timings.add("callback", started)
+
+    def write_rejects(batch: DataFrame, batch_id: int) -> None:
+        sinks.rejects.write(stamp_rejects(batch.toArrow(), now_ms(), batch_id))
+
     metrics = (
         windows.writeStream.queryName(METRICS_QUERY).outputMode("update")
         .trigger(processingTime=f"{settings.spark.trigger_ms} milliseconds")
@@ -265,6 +316,11 @@ def start_queries(spark: SparkSession, settings: PulseSettings, bootstrap: str, 
         .foreachBatch(write_rejects)
         .start()
     )
+    return _started(spark, metrics, rejects, listener)
+
+
+def _started(spark: SparkSession, metrics: StreamingQuery, rejects: StreamingQuery,
+             listener: HealthListener) -> PulseQueries:
     listener.query_ids.update({str(metrics.id), str(rejects.id)})
     listener.metrics_query_id = str(metrics.id)
     return PulseQueries(spark=spark, metrics=metrics, rejects=rejects, listener=listener)

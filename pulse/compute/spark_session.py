@@ -105,7 +105,7 @@ def build_spark_session(settings: PulseSettings) -> SparkSession:
     if "spark.driver.extraJavaOptions" in extra:
         java_options = f"{java_options} {extra.pop('spark.driver.extraJavaOptions')}"
     builder = (
-        SparkSession.builder.master(spark_settings.master)
+        SparkSession.builder.master(settings.spark_master)
         .appName(spark_settings.app_name)
         .config("spark.jars", ",".join(str(jar) for jar in connector_jars(settings.jars_dir)))
         .config("spark.sql.shuffle.partitions", str(spark_settings.shuffle_partitions))

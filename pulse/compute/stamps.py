@@ -1,6 +1,7 @@
-"""Stamping a collected micro-batch with its write time and version, on the Arrow table.
+"""Stamping window rows with their write time and version, on the Arrow table, just before the insert.
 
-The job collects each batch with `toArrow()` and stamps it here, in Python, instead of adding
+Both modes end here: the micro-batch job stamps each collected batch, the store writer each batch
+it read from the job's Kafka output (Real-Time Mode). The micro-batch job stamps in Python instead of adding
 the columns in Spark: a Spark projection per batch costs a new plan (analysis, optimisation,
 code generation) and ~100 py4j calls, about 200 ms per batch on two cores, while these columns
 cost microseconds on a table of a few hundred rows. Pure functions: no Spark, no I/O.
@@ -19,21 +20,35 @@ def _constant(table: pa.Table, value: int, type_: pa.DataType) -> pa.Array:
     return pa.array([value] * table.num_rows, type=type_)
 
 
-def stamp_metrics(windows: pa.Table, written_at_ms: int, version: int) -> pa.Table:
-    """Window rows -> `pulse_metrics` rows: the write latencies replace the two trade-time helpers.
+# Columns the job carries for the stamps only; they are not stored.
+TRADE_TIME_HELPERS = ["avg_trade_time_ms", "min_trade_time_ms", "max_trade_time_ms"]
+
+
+def freshness_ms(windows: pa.Table, written_at_ms: int) -> list[float]:
+    """Per row: written_at − the newest trade time of its window, i.e. how old the newest trade
+    was when its window became visible (the freshness users watch)."""
+    newest = pc.cast(windows.column("max_trade_time_ms"), pa.float64())
+    values: list[float] = pc.subtract(pa.scalar(float(written_at_ms)), newest).to_pylist()
+    return values
+
+
+def stamp_metrics(windows: pa.Table, written_at_ms: int) -> pa.Table:
+    """Window rows -> `pulse_metrics` rows: the write latencies replace the trade-time helpers.
 
     avg_write_latency_ms = written_at − the window's mean trade time; max_write_latency_ms =
-    written_at − its earliest trade time; `version` (the Spark batch id) lets a replayed batch
-    overwrite itself in the ReplacingMergeTree.
+    written_at − its earliest trade time. version = the window's trade count: every update of a
+    window adds at least one trade, so it grows with each update, and a replay (of a micro-batch,
+    or of the Real-Time Mode output) writes the same version for the same state: the
+    ReplacingMergeTree keeps each window's newest state whatever the order rows arrive in.
     """
     written = pa.scalar(float(written_at_ms))
     avg_latency = pc.subtract(written, pc.cast(windows.column("avg_trade_time_ms"), pa.float64()))
     max_latency = pc.subtract(written, pc.cast(windows.column("min_trade_time_ms"), pa.float64()))
-    rows = windows.drop_columns(["avg_trade_time_ms", "min_trade_time_ms"])
+    rows = windows.drop_columns([name for name in TRADE_TIME_HELPERS if name in windows.column_names])
     return (rows.append_column("avg_write_latency_ms", avg_latency)
             .append_column("max_write_latency_ms", max_latency)
             .append_column("written_at", _constant(rows, written_at_ms * 1000, _TIMESTAMP))
-            .append_column("version", _constant(rows, version, pa.int64())))
+            .append_column("version", pc.cast(windows.column("trade_count"), pa.int64())))
 
 
 def stamp_rejects(rejects: pa.Table, rejected_at_ms: int, version: int) -> pa.Table:
