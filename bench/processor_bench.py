@@ -1,23 +1,24 @@
 """Processor freshness and throughput: trade time T -> its window visible in ClickHouse.
 
-In one process: the embedded Kafka broker, the Spark session (local[2]) and chDB, all through
+In one process: the embedded Kafka broker, the Spark session and chDB, all through
 `pulse.pipeline.Pipeline`. A generator in a process of its own publishes trades stamped T = now
-at a fixed rate; a thin
-wrapper around the metrics sink records when each insert returned (the rows are visible from then
-on) and the trade count it carried per window. Trade k of a window is visible at the first insert
-whose count for that window is >= k; freshness = that time - T.
+at a fixed rate; a thin wrapper around the metrics sink records when each insert returned (the
+rows are visible from then on) and the trade count it carried per window. Trade k of a window is
+visible at the first insert whose count for that window is >= k; freshness = that time - T.
 
-Peer, same run, same broker, data and machine: the seed's notebook job shape (append output mode,
-2 s watermark, Spark's default trigger, a per-batch write of the same rows through the same sink),
-built from the same column builders. Throughput: a backlog published first, then read from
-`earliest`; trades per second processed. Each run also reports the mean `durationMs` parts of the
-metrics query's batches (Spark's own breakdown).
+Jobs, same run, same broker, data and machine:
+- `pulse`: the default job, Real-Time Mode (Spark's Kafka sink -> the store writer -> chDB);
+- `microbatch`: Pulse's own micro-batch mode (PULSE_SPARK__MODE=microbatch);
+- `seed_style`: the seed's notebook job shape (append output mode, 2 s watermark, Spark's default
+  trigger, a per-batch write of the same rows through the same sink), from the same column builders.
+Throughput: a backlog published first, then read from `earliest`; trades per second from the
+start to the insert that made the last trade visible. Each run also reports where the time goes.
 
 Run: `make bench-processor` (python -m bench.processor_bench [--json]); BENCH_SECONDS (20) and
-BENCH_BACKLOG (300000) size it, BENCH_PARTITIONS (3) sets the topic's partitions, BENCH_VARIANTS
-adds runs with other job settings. Prints a markdown table; with --json the last line is
-{"freshness_ms": {"pulse": {"p50", "p99"}, "seed_style": {...}}, "offered_per_s": 1000, "backlog_trades_per_s",
-"freshness_ms_at_10k": {"p50", "p99"}}.
+BENCH_BACKLOG (300000) size it, BENCH_PARTITIONS (3) sets the topic's partitions, BENCH_WARMUP_SECONDS
+(BENCH_SECONDS) the unmeasured first run. With --json the last line is
+{"mode", "freshness_ms": {"pulse", "microbatch", "seed_style": {"p50", "p99"}}, "freshness_ms_10k": {"pulse": {...}},
+"offered_per_s": 1000, "backlog_trades_per_s"}.
 Benchmarks report; they never assert on time.
 """
 
@@ -175,10 +176,11 @@ def seed_style_job(pipeline: Pipeline, sink: VisibleAt) -> Any:
             .foreachBatch(write).start())
 
 
-def _durations(queries: list[Any], listener: Any = None) -> dict[str, float]:
+def _durations(queries: list[Any], listener: Any = None, writer: Any = None) -> dict[str, float]:
     """Mean ms per metrics batch that carried rows: Spark's durationMs parts, the state store's
     update and commit times, and (Pulse's job) the Python side: collect (toArrow, which runs the
-    plan), insert, the whole foreachBatch callback, and the health listener per report."""
+    plan), insert, the whole foreachBatch callback, and the health listener per report. For the
+    store writer (Real-Time Mode): its inserts, and the updates and windows per insert."""
     parts: dict[str, list[float]] = defaultdict(list)
     for query in queries:
         for progress in query.recentProgress:
@@ -191,17 +193,25 @@ def _durations(queries: list[Any], listener: Any = None) -> dict[str, float]:
     if listener is not None:
         for name in ("collect", "insert", "callback", "listener"):
             parts[f"python.{name}"] = list(getattr(listener.timings, name))
-    return {name: statistics.fmean(values) for name, values in parts.items() if values}
+    means = {name: statistics.fmean(values) for name, values in parts.items() if values}
+    if writer is not None and writer.stats.inserts:
+        stats = writer.stats
+        means["writer.insert"] = statistics.fmean(stats.insert_ms) if stats.insert_ms else 0.0
+        means["writer.updates_per_insert"] = stats.updates_read / stats.inserts
+        means["writer.windows_per_insert"] = stats.windows_inserted / stats.inserts
+    return means
 
 
 def run(base: PulseSettings, bootstrap: str, rate: float | None, count: int, job: str = "pulse",
         earliest: bool = False) -> dict[str, Any]:
     topic = f"bench_{uuid.uuid4().hex[:8]}"
+    mode = "microbatch" if job in ("microbatch", "seed") else "realtime"
     settings = base.override(
         kafka={"bootstrap_servers": bootstrap, "trades_topic": topic, "dead_letter_topic": f"{topic}.dlq",
-               "gaps_topic": f"{topic}.gaps", "partitions": PARTITIONS},
+               "gaps_topic": f"{topic}.gaps", "metrics_topic": f"{topic}.metrics",
+               "rejects_topic": f"{topic}.rejects", "partitions": PARTITIONS},
         clickhouse={"database": f"bench_{uuid.uuid4().hex[:8]}"},
-        spark={"checkpoint_dir": base.data_dir / topic, "starting_offsets": "earliest"})
+        spark={"checkpoint_dir": base.data_dir / topic, "starting_offsets": "earliest", "mode": mode})
     recorders: list[VisibleAt] = []
 
     def sinks(transport: ClickHouseTransport) -> PulseSinks:
@@ -214,41 +224,42 @@ def run(base: PulseSettings, bootstrap: str, rate: float | None, count: int, job
         pipeline.create_topics()
         if earliest:
             times = publish_elsewhere(bootstrap, topic, None, count)
-        if job in VARIANTS:
-            pipeline.settings = settings.override(spark=VARIANTS[job])
         listener = None
-        if job == "pulse" or job in VARIANTS:
-            pulse_queries = pipeline.start_job()
-            queries, listener = pulse_queries.all(), pulse_queries.listener
-        else:
+        if job == "seed":
             sinks(pipeline.store())
             queries = [seed_style_job(pipeline, recorders[-1])]
+        else:
+            pulse_queries = pipeline.start_job()
+            queries, listener = pulse_queries.all(), pulse_queries.listener
+
+        def idle(idle_s: float, timeout_s: float) -> None:
+            if job == "seed":
+                _wait_idle(queries, idle_s, timeout_s)
+            else:
+                pipeline.wait_idle(idle_s, timeout_s=timeout_s, poll_s=0.1)
         if not earliest:
             # Spark runs no batch on an empty topic, so the first real batch would pay for planning,
             # code generation and the state store: one old trade warms the job up, unmeasured.
             asyncio.run(_warm_up(bootstrap, topic))
-            _wait_idle(queries, idle_s=2.0, timeout_s=300)
-        started = time.monotonic()
+            idle(2.0, 300)
+        started = time.time() * 1000
         if not earliest:
             times = publish_elsewhere(bootstrap, topic, rate, count)
         # The seed's append mode writes a window only once the watermark passed it: a last trade
         # well after the data moves the watermark, so every window is written and counted.
-        if job != "pulse":
+        if job == "seed":
             asyncio.run(_push_watermark(bootstrap, topic))
-        _wait_idle(queries, idle_s=1.0, timeout_s=600)
-        elapsed = time.monotonic() - started - 1.0
-        breakdown = _durations(queries[:1], listener)
+        idle(1.0, 600)
+        breakdown = _durations(queries[:1], listener, pipeline.writer)
         for query in queries:
             query.stop()
-    fresh = freshness(times, recorders[0].visible)
+    visible = recorders[0].visible
+    fresh = freshness(times, visible)
+    # The backlog's rate: from the start to the insert that made the last of its trades visible.
+    last_visible = max((at for at, _, _ in visible), default=started)
     return {"trades": len(times), "p50": pct(fresh, 50), "p99": pct(fresh, 99), "max": max(fresh, default=0),
-            "rate": len(times) / elapsed, "seen": len(fresh), "durations": breakdown}
-
-
-# Variants of the Pulse job to measure beside the default, from BENCH_VARIANTS: a JSON object
-# {name: {spark setting: value}}, e.g. {"no_data_off": {"no_data_batches": false}}.
-VARIANTS: dict[str, dict[str, Any]] = json.loads(os.environ.get("BENCH_VARIANTS", "{}"))
-VARIANT_RUNS = [(name, name, 1_000) for name in VARIANTS]
+            "rate": len(times) / max((last_visible - started) / 1000, 1e-3), "seen": len(fresh),
+            "durations": breakdown}
 
 
 def _wait_idle(queries: list[Any], idle_s: float, timeout_s: float) -> None:
@@ -290,40 +301,44 @@ def main() -> None:
     base = PulseSettings(_env_file=None, data_dir=data_dir).override(  # type: ignore[call-arg]
         producer={"metrics_port": 0}, spark={"health_port": 0})
     seconds = float(os.environ.get("BENCH_SECONDS", "20"))
+    warmup = float(os.environ.get("BENCH_WARMUP_SECONDS", str(seconds)))
     backlog = int(os.environ.get("BENCH_BACKLOG", "300000"))
     lines = ["| job | offered trades/s | trades | freshness p50 ms | p99 ms | max ms |", "|---|---|---|---|---|---|"]
     results: dict[str, dict[str, Any]] = {}
+    labels = {"pulse": f"pulse (Real-Time Mode, {base.spark.realtime_batch_s:g} s batches)",
+              "microbatch": f"pulse micro-batch (trigger {base.spark.trigger_ms} ms)", "seed": "seed-style"}
     # One broker and one Spark session for every run: the first pipeline starts them, the others share.
     with Pipeline(base) as shared:
         shared.spark_session()
         bootstrap = shared.bootstrap
         # A fresh JVM compiles as it goes: the first run would pay for it and flatter every later one.
-        run(base, bootstrap, 1_000, int(1_000 * seconds), "pulse")
-        for name, job, rate in (("pulse", "pulse", 1_000), ("seed_style", "seed", 1_000),
-                                ("pulse_10k", "pulse", 10_000), *VARIANT_RUNS):
+        run(base, bootstrap, 1_000, int(1_000 * warmup), "pulse")
+        for name, job, rate in (("pulse", "pulse", 1_000), ("microbatch", "microbatch", 1_000),
+                                ("seed_style", "seed", 1_000), ("pulse_10k", "pulse", 10_000)):
             r = results[name] = run(base, bootstrap, rate, int(rate * seconds), job)
-            lines.append(f"| {name} (trigger {base.spark.trigger_ms} ms)" if job == "pulse" else
-                         f"| {name} {VARIANTS[job]}" if job in VARIANTS else "| seed-style")
-            lines[-1] += (f" | {rate:,} | {r['trades']:,.0f} | {r['p50']:.0f} | {r['p99']:.0f} | {r['max']:.0f} |")
+            lines.append(f"| {labels[job]} | {rate:,} | {r['trades']:,.0f} | {r['p50']:.0f} | {r['p99']:.0f}"
+                         f" | {r['max']:.0f} |")
             print(lines[-1], flush=True)
         r = results["backlog"] = run(base, bootstrap, None, backlog, "pulse", earliest=True)
         lines.append(f"\nbacklog of {backlog:,} trades read from earliest: {r['rate']:,.0f} trades/s processed")
-    ratio = results["seed_style"]["p50"] / results["pulse"]["p50"]
-    lines.append(f"\nPulse's lead over the seed-style job at 1k/s: {ratio:.1f}x (p50), "
-                 f"{results['seed_style']['p99'] / results['pulse']['p99']:.1f}x (p99)")
+    for peer in ("microbatch", "seed_style"):
+        lines.append(f"\nPulse's lead over {peer} at 1k/s: {results[peer]['p50'] / results['pulse']['p50']:.1f}x (p50),"
+                     f" {results[peer]['p99'] / results['pulse']['p99']:.1f}x (p99)")
     for name, result in results.items():
         if result.get("durations"):
             lines.append(f"\n{name}: mean ms per metrics batch with data: " + ", ".join(
                 f"{k} {v:.0f}" for k, v in sorted(result["durations"].items(), key=lambda kv: -kv[1])))
     print("\n".join(lines))
     if args.json:
+        def figures(key: str) -> dict[str, int]:
+            return {"p50": round(results[key]["p50"]), "p99": round(results[key]["p99"])}
+
         print(json.dumps({
-            "freshness_ms": {name: {"p50": round(results[key]["p50"]), "p99": round(results[key]["p99"])}
-                             for name, key in (("pulse", "pulse"), ("seed_style", "seed_style"))},
+            "mode": base.spark.mode,
+            "freshness_ms": {name: figures(name) for name in ("pulse", "microbatch", "seed_style")},
+            "freshness_ms_10k": {"pulse": figures("pulse_10k")},
             "offered_per_s": 1000,
             "backlog_trades_per_s": round(results["backlog"]["rate"]),
-            "freshness_ms_at_10k": {"p50": round(results["pulse_10k"]["p50"]),
-                                    "p99": round(results["pulse_10k"]["p99"])},
         }))
 
 

@@ -118,6 +118,13 @@ def _build_parser() -> argparse.ArgumentParser:
                          help="stop once the topic is fully processed and no new data came for SECONDS")
     process.add_argument("--apply-schema", action="store_true",
                          help="create the tables over HTTP too (chDB stores always get them)")
+    store = commands.add_parser("store", help="run the store writer headless (Real-Time Mode's job output ->"
+                                " ClickHouse) until SIGINT/SIGTERM", parents=[common])
+    store.add_argument("--bootstrap-servers", default=None,
+                       help="Kafka bootstrap servers (default: PULSE_KAFKA__BOOTSTRAP_SERVERS)")
+    store.add_argument("--data-dir", type=Path, default=None, help="the chDB store lives here (chDB transport)")
+    store.add_argument("--apply-schema", action="store_true",
+                       help="create the tables over HTTP too (chDB stores always get them)")
     return parser
 
 
@@ -418,6 +425,27 @@ def _run_process(args: argparse.Namespace, settings: PulseSettings) -> int:
     return 0
 
 
+def _run_store(args: argparse.Namespace, settings: PulseSettings) -> int:
+    from pulse.pipeline import Pipeline  # noqa: PLC0415
+
+    settings = settings.override(kafka=_given(bootstrap_servers=args.bootstrap_servers),
+                                 clickhouse={"apply_schema": True} if args.apply_schema else {})
+    if not settings.kafka.bootstrap_servers:
+        raise UsageError("no Kafka to read from: set PULSE_KAFKA__BOOTSTRAP_SERVERS or pass --bootstrap-servers")
+    _check_kafka(settings.kafka.bootstrap_servers)
+    stop = _stop_on_signals()
+    kafka, writer = settings.kafka, settings.writer
+    with Pipeline(settings, _say) as run:
+        run.start_writer()
+        port = run.serve_writer_health()
+        _say(f"storing {kafka.metrics_topic} and {kafka.rejects_topic} from {kafka.bootstrap_servers} into"
+             f" ClickHouse ({settings.clickhouse.transport}); health on {writer.health_host}:{port}/health")
+        while not stop.wait(0.5):
+            run.raise_if_writer_failed()
+    _say("stopped")
+    return 0
+
+
 # -- errors as one line ----------------------------------------------------------------------------
 
 class _Failed(Exception):
@@ -484,7 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("PULSE_DEBUG", "").lower() in ("1", "true", "yes")
     handlers = {"demo": _run_demo, "live": _run_live, "produce": _run_produce, "sql": _run_sql,
-                "process": _run_process}
+                "process": _run_process, "store": _run_store}
     settings: PulseSettings | None = None
     try:
         settings = _settings_for(args)

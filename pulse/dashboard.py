@@ -8,7 +8,8 @@ is no terminal it prints a plain progress line every few seconds instead.
 
 It never blocks the pipeline: it runs on a thread of its own, reads the producer's counters as
 they are (plain ints, read without locks) and asks the store only for the windows written since
-its last look (`version` is the Spark batch id, so rows of batch >= n are the new ones). The
+its last look (rows written after the newest `written_at` it has seen: each insert stamps its rows
+with one time, in micro-batch and Real-Time Mode alike). The
 chDB engine is shared and locked, so that one small query per tick is all the view costs it.
 """
 
@@ -48,8 +49,9 @@ _FRESHNESS_SPAN_S = 30.0
 
 _NEW_WINDOWS_SQL = """
 SELECT symbol, toUnixTimestamp64Milli(window_start) AS ws, close, vwap, net_delta, buy_pressure_pct AS buy,
-       signal, avg_write_latency_ms AS write_ms, avg_ingest_latency_ms AS ingest_ms, version
-FROM pulse_metrics WHERE version >= {version} ORDER BY version
+       signal, avg_write_latency_ms AS write_ms, avg_ingest_latency_ms AS ingest_ms,
+       toUnixTimestamp64Milli(written_at) AS written_ms
+FROM pulse_metrics WHERE written_at > fromUnixTimestamp64Milli(toInt64({since_ms})) ORDER BY written_at, version
 """
 
 
@@ -267,9 +269,9 @@ class Dashboard:
         self._warnings = warnings
         if warnings is not None:
             self.state.log_path = warnings.path
-        # Only windows of this run count (CVD since start): Spark batches after the newest stored one.
-        self.first_version = self._first_version()
-        self._next_version = self.first_version
+        # Only windows of this run count (CVD since start): rows written after the newest stored one.
+        self.since_ms = self._newest_written_ms()
+        self._seen_ms = self.since_ms
         self._counts: deque[tuple[float, int, dict[str, int]]] = deque()
         self._latencies: deque[tuple[float, float]] = deque()
         self._stop = threading.Event()
@@ -277,9 +279,10 @@ class Dashboard:
         self._live: Live | None = None
         self.frames = 0
 
-    def _first_version(self) -> int:
-        row = self._transport.query_arrow("SELECT count() AS n, max(version) AS v FROM pulse_metrics").to_pylist()[0]
-        return int(row["v"]) + 1 if int(row["n"]) else 0
+    def _newest_written_ms(self) -> int:
+        row = self._transport.query_arrow(
+            "SELECT count() AS n, toUnixTimestamp64Milli(max(written_at)) AS ms FROM pulse_metrics").to_pylist()[0]
+        return int(row["ms"]) if int(row["n"]) else 0
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -290,12 +293,12 @@ class Dashboard:
     def poll(self) -> None:
         """One look at the store and the producer; updates `state`."""
         now = self._clock()
-        rows = self._transport.query_arrow(_NEW_WINDOWS_SQL.format(version=self._next_version)).to_pylist()
+        rows = self._transport.query_arrow(_NEW_WINDOWS_SQL.format(since_ms=self._seen_ms)).to_pylist()
         for row in rows:
             self.state.symbol(str(row["symbol"])).apply(row, now)
             latency = float(row["write_ms"]) if self.state.live else float(row["write_ms"]) - float(row["ingest_ms"])
             self._latencies.append((now, latency))
-            self._next_version = max(self._next_version, int(row["version"]) + 1)
+            self._seen_ms = max(self._seen_ms, int(row["written_ms"]))
         if rows:
             self.state.windows = sum(s.windows for s in self.state.symbols.values())
         while self._latencies and self._latencies[0][0] < now - _FRESHNESS_SPAN_S:

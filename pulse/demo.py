@@ -103,30 +103,29 @@ class RunSummary:
 DemoSummary = RunSummary
 
 
-def summarize(transport: ClickHouseTransport, since_version: int = 0, since_ms: int = 0
-              ) -> tuple[dict[str, int], dict[str, int], int]:
-    """Windows by symbol and by signal, and rejects, of the run that wrote Spark batch `since_version` on."""
-    where = f"WHERE version >= {int(since_version)}"
+def summarize(transport: ClickHouseTransport, since_ms: int = 0) -> tuple[dict[str, int], dict[str, int], int]:
+    """Windows by symbol and by signal, and rejects, written after `since_ms` (this run's)."""
+    where = f"WHERE written_at > fromUnixTimestamp64Milli(toInt64({int(since_ms)}))"
     by_symbol = transport.query_arrow(
         f"SELECT symbol, count() AS windows FROM pulse_metrics FINAL {where} GROUP BY symbol").to_pylist()
     signals = transport.query_arrow(
         f"SELECT signal, count() AS windows FROM pulse_metrics FINAL {where} GROUP BY signal").to_pylist()
     rejects = transport.query_arrow(
         "SELECT count() AS n FROM pulse_rejects FINAL"
-        f" WHERE rejected_at >= fromUnixTimestamp64Milli(toInt64({int(since_ms)}))").to_pylist()[0]["n"]
+        f" WHERE rejected_at > fromUnixTimestamp64Milli(toInt64({int(since_ms)}))").to_pylist()[0]["n"]
     return ({r["symbol"]: r["windows"] for r in by_symbol}, {r["signal"]: r["windows"] for r in signals},
             int(rejects))
 
 
 def summary_of(run: Pipeline, service: ProducerService, kind: str, source: str, started: float,
-               since_version: int = 0, since_ms: int = 0) -> RunSummary:
+               since_ms: int = 0) -> RunSummary:
     """Stop the queries and sum up what the run did, producer and store alike."""
     transport = run.store()
     run.stop_job()
     if run.settings.clickhouse.transport == "chdb":
         # Merge every window's versions now, so the table itself holds one row per window.
         transport.command("OPTIMIZE TABLE pulse_metrics FINAL")
-    by_symbol, signals, rejects = summarize(transport, since_version, since_ms)
+    by_symbol, signals, rejects = summarize(transport, since_ms)
     router = service.router
     snapshot = service.snapshot()
     counters, labelled = snapshot.counters, snapshot.labelled_counters

@@ -114,5 +114,4 @@ def run_live(settings: PulseSettings, say: Say, stop: threading.Event, dashboard
                 run.wait_caught_up(timeout_s=60)
             except TimeoutError:
                 say("Spark did not catch up within 60 s: the newest trades may be missing from the results")
-        return summary_of(run, service, "live", f"Binance {market.title}", started, view.first_version,
-                          started_ms)
+        return summary_of(run, service, "live", f"Binance {market.title}", started, started_ms)

@@ -84,6 +84,7 @@ class Pipeline:
         self._background: list[Background] = []
         self._health_server: ThreadingHTTPServer | None = None
         self.writer: StoreWriter | None = None
+        self._writer_health: ThreadingHTTPServer | None = None
         self._writer_run: Background | None = None
 
     # -- the parts, each started once, on first use -------------------------------------------
@@ -235,6 +236,14 @@ class Pipeline:
         port: int = self._health_server.server_address[1]
         return port
 
+    def serve_writer_health(self) -> int:
+        """The store writer's own `/health` and `/metrics` (`pulse store`); returns the bound port."""
+        writer, settings = self.start_writer(), self.settings.writer
+        self._writer_health = serve_in_thread(writer.telemetry, writer.health, settings.health_port,
+                                              settings.health_host, "pulse_writer_")
+        port: int = self._writer_health.server_address[1]
+        return port
+
     def stop_job(self) -> None:
         """Stop the queries (the checkpoint stays consistent); the store stays open for reading."""
         if self.queries is not None:
@@ -309,7 +318,7 @@ class Pipeline:
             time.sleep(poll_s)
         outputs = self._output_ends()
         while self.writer is not None and not self.writer.caught_up(outputs):
-            self._raise_if_writer_failed()
+            self.raise_if_writer_failed()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the store writer did not insert the job's output within {timeout_s:.0f}s")
             time.sleep(0.02)
@@ -324,7 +333,7 @@ class Pipeline:
             ends.update({(topic, partition): offset for partition, offset in offsets.items()})
         return ends
 
-    def _raise_if_writer_failed(self) -> None:
+    def raise_if_writer_failed(self) -> None:
         if self._writer_run is not None and self._writer_run.done:
             self._writer_run.result()
             raise RuntimeError("the store writer stopped")
@@ -336,7 +345,7 @@ class Pipeline:
         batch it finished ended at the topic's end."""
         queries = self.start_job()
         queries.raise_if_failed()
-        self._raise_if_writer_failed()
+        self.raise_if_writer_failed()
         if self.settings.realtime:
             topic = self.settings.kafka.trades_topic
             end = {topic: _run_async(lambda: end_offsets(self.bootstrap, topic))}
@@ -370,9 +379,10 @@ class Pipeline:
                 except Exception as error:  # noqa: BLE001 - stopping: report, release the rest
                     log.warning("producer ended with an error", extra={"error": repr(error)})
             self._background.clear()
-            if self._health_server is not None:
-                self._health_server.shutdown()
-                self._health_server.server_close()
+            for server in (self._health_server, self._writer_health):
+                if server is not None:
+                    server.shutdown()
+                    server.server_close()
             if self.queries is not None:
                 self.queries.stop()
             self.stop_writer()

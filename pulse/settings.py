@@ -153,6 +153,9 @@ class SparkSettings(BaseModel):
         if self.mode == "realtime" and self.state_store == "hdfs":
             raise ValueError("Real-Time Mode keeps its state in RocksDB only: unset state_store,"
                              " or set mode=microbatch")
+        if self.mode == "realtime" and self.max_offsets_per_trigger is not None:
+            raise ValueError("max_offsets_per_trigger sizes micro-batches: Real-Time Mode reads every"
+                             " trade as it comes; unset it, or set mode=microbatch")
         return self
 
     @property

@@ -80,6 +80,7 @@ class WriterStats:
     # trade time of a window's newest trade -> its row visible in ClickHouse
     freshness: LatencyHistogram = field(default_factory=LatencyHistogram)
     last_freshness_ms: float = 0.0
+    insert_ms: list[float] = field(default_factory=list)  # the newest thousand, for the benchmark
     last_insert_at: float | None = None
     failing_since: float | None = None
 
@@ -156,6 +157,7 @@ class StoreWriter:
 
     def _insert(self, updates: list[bytes], rejects: list[bytes]) -> None:
         stats = self.stats
+        started = time.perf_counter()
         if updates:
             windows = window_table(newest_updates(updates))
             written = time.time_ns() // 1_000_000
@@ -173,6 +175,8 @@ class StoreWriter:
             stats.rejects_inserted += table.num_rows
         stats.inserts += 1
         stats.last_insert_at = time.monotonic()
+        stats.insert_ms.append((time.perf_counter() - started) * 1000)
+        del stats.insert_ms[:-1000]
 
     def caught_up(self, ends: dict[tuple[str, int], int]) -> bool:
         """Everything up to `ends` ({(topic, partition): end offset}) is inserted."""

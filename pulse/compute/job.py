@@ -213,8 +213,14 @@ class PulseQueries:
     def raise_if_failed(self) -> None:
         for query in self.all():
             error = query.exception()
-            if error is not None:
-                raise RuntimeError(f"streaming query {query.name} failed: {error}")
+            if error is None:
+                continue
+            if "CONCURRENT_SCHEDULER_INSUFFICIENT_SLOT" in str(error):
+                # Spark's documented error class: Real-Time Mode runs all its tasks at once.
+                raise RuntimeError(f"streaming query {query.name} needs more task slots than the cluster offers: "
+                                   f"give it 2 x partitions + shuffle partitions per job (docs/scaling.md) "
+                                   f"or set PULSE_SPARK__MODE=microbatch; Spark said: {error}")
+            raise RuntimeError(f"streaming query {query.name} failed: {error}")
 
     def health(self, stale_after_s: float) -> dict[str, Any]:
         return job_health(self.all(), self.listener.last_progress_at, stale_after_s, time.monotonic())

@@ -57,6 +57,8 @@ from tests.support.spark_standalone import StandaloneCluster, app_dirs, leftover
 pytestmark = pytest.mark.integration
 
 JOB_TIMEOUT_S = 300
+# Every task of both Real-Time Mode queries runs at once: one slot spare over what the job needs.
+WORKER_CORES = PulseSettings().task_slots() + 1
 
 
 def _close(actual: float, expected: float) -> bool:
@@ -86,11 +88,13 @@ def assert_windows_match(rows: list[dict[str, Any]], reference: dict[tuple[str, 
 
 @pytest.fixture(scope="module")
 def standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandaloneCluster]:
-    """A master and one worker with 2 cores, as `start-master.sh` and `start-worker.sh` would run them."""
+    """A master and one worker, as `start-master.sh` and `start-worker.sh` would run them. The worker
+    offers the task slots a Real-Time Mode job needs (docs/scaling.md), more than this machine's
+    cores: a slot is a thread, and RTM's tasks mostly wait for the next trade."""
     cluster = StandaloneCluster(tmp_path_factory.mktemp("spark-standalone"))
     try:
         cluster.start_master()
-        cluster.start_worker(cores=2)
+        cluster.start_worker(cores=WORKER_CORES)
         yield cluster
     finally:
         cluster.stop()
@@ -162,8 +166,8 @@ def test_worker_lost_mid_stream_the_job_waits_visibly_recovers_and_a_restart_sta
     data_dir.mkdir()
     log = tmp_path / "process.log"
     health_port = free_port()
-    # Small micro-batches so that the loss lands mid-stream; a short staleness so /health shows the stall.
-    env = _cluster_env(standalone, checkpoints, PULSE_SPARK__MAX_OFFSETS_PER_TRIGGER="250",
+    # Short Real-Time Mode batches so that commits are frequent; a short staleness so /health shows the stall.
+    env = _cluster_env(standalone, checkpoints, PULSE_SPARK__REALTIME_BATCH_S="1",
                        PULSE_SPARK__HEALTH_PORT=str(health_port), PULSE_SPARK__HEALTH_STALE_S="3")
     process = start_pulse_process(data_dir, kafka.bootstrap, topics.trades_topic, log, "--until-idle", "3", **env)
     try:
@@ -191,7 +195,7 @@ def test_worker_lost_mid_stream_the_job_waits_visibly_recovers_and_a_restart_sta
         time.sleep(2)
         assert batches(checkpoints) == stalled_at
 
-        standalone.start_worker(cores=2, index=0)
+        standalone.start_worker(cores=WORKER_CORES, index=0)
         _finish(process, log)
     finally:
         if process.poll() is None:
