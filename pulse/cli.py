@@ -412,12 +412,15 @@ def _run_process(args: argparse.Namespace, settings: PulseSettings) -> int:
     with Pipeline(settings, _say) as run:
         queries = run.start_job()
         port = run.serve_job_health()
-        _say(f"processing {settings.kafka.trades_topic} on {settings.kafka.bootstrap_servers}: trigger "
-             f"{spark.trigger_ms} ms, watermark {spark.watermark_s:g} s, starting offsets {spark.starting_offsets}, "
+        engine = (f"Real-Time Mode ({spark.realtime_batch_s:g} s batches)" if settings.realtime
+                  else f"micro-batches every {spark.trigger_ms} ms")
+        _say(f"processing {settings.kafka.trades_topic} on {settings.kafka.bootstrap_servers}: {engine}, "
+             f"watermark {spark.watermark_s:g} s, starting offsets {spark.starting_offsets}, "
              f"checkpoints {settings.checkpoint_dir}; health on {spark.health_host}:{port}/health")
         if args.until_idle is None:
             while not stop.wait(0.5):
                 queries.raise_if_failed()
+                run.raise_if_writer_failed()
         elif run.wait_idle(args.until_idle, stop):
             _say(f"topic consumed and idle for {args.until_idle:g} s: stopping")
         queries.raise_if_failed()

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
-from pulse.broker.local_kafka import LocalKafkaBroker, end_offsets, ensure_topics
+from pulse.broker.local_kafka import LocalKafkaBroker, end_offsets, ensure_topics, log_start_offsets
 from pulse.compute.progress import IdleTracker, caught_up, reached
 from pulse.producer import ProducerService
 from pulse.settings import PulseSettings
@@ -165,12 +165,28 @@ class Pipeline:
             from pulse.compute.job import start_queries  # noqa: PLC0415 - Spark only for runs that compute
 
             sinks = self._make_sinks(self.store())
+            catch_up = False
             if self.settings.realtime:
                 self.create_topics()
                 if self.settings.writer.in_process:
                     self.start_writer(sinks)
-            self.queries = start_queries(self.spark_session(), self.settings, self.bootstrap, sinks)
+                catch_up = self._checkpoint_behind_retention()
+                if catch_up:
+                    self._say("retention deleted trades the checkpoint had yet to read: catching up in"
+                              " micro-batches (the loss is counted in pulse_health), then Real-Time Mode")
+            self.queries = start_queries(self.spark_session(), self.settings, self.bootstrap, sinks, catch_up)
         return self.queries
+
+    def _checkpoint_behind_retention(self) -> bool:
+        from pulse.compute.progress import behind_retention, checkpoint_offsets  # noqa: PLC0415
+
+        topic = self.settings.kafka.trades_topic
+        queries = ("pulse_metrics", "pulse_rejects")  # the job's query names, each with its checkpoint folder
+        resume = [checkpoint_offsets(self.settings.checkpoint_dir / query) for query in queries]
+        if not any(resume):
+            return False
+        log_start: dict[int, int] = _run_async(functools.partial(log_start_offsets, self.bootstrap, topic))
+        return any(behind_retention(offsets, log_start, topic) for offsets in resume)
 
     def start_writer(self, sinks: PulseSinks | None = None) -> StoreWriter:
         """The store writer (Real-Time Mode's job output -> ClickHouse) on a thread of its own."""
@@ -350,7 +366,8 @@ class Pipeline:
             topic = self.settings.kafka.trades_topic
             end = {topic: _run_async(lambda: end_offsets(self.bootstrap, topic))}
             return (all(reached(q.lastProgress, end) for q in queries.all())
-                    and self.writer is not None and self.writer.caught_up(self._output_ends()))
+                    # No writer here: another process (`pulse store`) inserts.
+                    and (self.writer is None or self.writer.caught_up(self._output_ends())))
         return all(caught_up(q.lastProgress, q.status) for q in queries.all())
 
     def wait_idle(self, idle_s: float, stop: threading.Event | None = None, timeout_s: float | None = None,

@@ -329,14 +329,19 @@ async def end_offsets(bootstrap: str, topic: str, timeout_s: float = 30.0) -> di
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return await _end_offsets(bootstrap, topic)
+            return await _offsets(bootstrap, topic, earliest=False)
         except (KafkaError, OSError):
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.5)
 
 
-async def _end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+async def log_start_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """The oldest offset still held in each partition of `topic` (retention deletes below it)."""
+    return await _offsets(bootstrap, topic, earliest=True)
+
+
+async def _offsets(bootstrap: str, topic: str, earliest: bool) -> dict[int, int]:
     from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
 
     # A consumer that subscribed to nothing knows no partitions: the admin client asks the cluster.
@@ -352,7 +357,7 @@ async def _end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        offsets = await consumer.end_offsets(partitions)
+        offsets = await (consumer.beginning_offsets(partitions) if earliest else consumer.end_offsets(partitions))
         return {tp.partition: offset for tp, offset in offsets.items()}
     finally:
         await consumer.stop()

@@ -137,8 +137,13 @@ class HealthListener:
         self._jlistener: Any = None
 
     def attach(self, spark: SparkSession) -> None:
+        from pyspark.java_gateway import ensure_callback_server_started  # noqa: PLC0415
+
         jvm = spark.sparkContext._jvm
         assert jvm is not None
+        # The JVM calls this listener through py4j's callback server. foreachBatch starts that server
+        # too, but Real-Time Mode has no foreachBatch: without this, every report fails unseen.
+        ensure_callback_server_started(spark.sparkContext._gateway)  # type: ignore[no-untyped-call]
         self._jlistener = jvm.org.apache.spark.sql.streaming.PythonStreamingQueryListenerWrapper(_JsonEvents(self))
         spark._jsparkSession.streams().addListener(self._jlistener)
 
@@ -261,7 +266,8 @@ def quiet_stop(spark: SparkSession) -> Iterator[None]:
         configurator.setRootLevel(level.WARN)
 
 
-def _kafka_sink(records: DataFrame, name: str, topic: str, settings: PulseSettings, bootstrap: str) -> StreamingQuery:
+def _kafka_sink(records: DataFrame, name: str, topic: str, settings: PulseSettings, bootstrap: str,
+                catch_up: bool = False) -> StreamingQuery:
     writer: Any = (
         records.writeStream.queryName(name).outputMode("update").format("kafka")
         .option("kafka.bootstrap.servers", bootstrap).option("topic", topic)
@@ -269,13 +275,23 @@ def _kafka_sink(records: DataFrame, name: str, topic: str, settings: PulseSettin
         .option("kafka.linger.ms", "0")
         .option("checkpointLocation", str((settings.checkpoint_dir / name).resolve()))
     )
+    if catch_up:
+        query: StreamingQuery = writer.trigger(availableNow=True).start()
+        return query
     # pyspark's type stubs do not know the realTime trigger yet.
-    query: StreamingQuery = writer.trigger(realTime=f"{settings.spark.realtime_batch_s:g} seconds").start()
+    query = writer.trigger(realTime=f"{settings.spark.realtime_batch_s:g} seconds").start()
     return query
 
 
-def start_queries(spark: SparkSession, settings: PulseSettings, bootstrap: str, sinks: PulseSinks) -> PulseQueries:
-    """Start the metrics and rejects queries; they run until stopped."""
+def start_queries(spark: SparkSession, settings: PulseSettings, bootstrap: str, sinks: PulseSinks,
+                  catch_up: bool = False) -> PulseQueries:
+    """Start the metrics and rejects queries; they run until stopped.
+
+    `catch_up` (Real-Time Mode, when retention deleted offsets the checkpoint has yet to read): the
+    same queries first run as micro-batches over what the topic holds, then in Real-Time Mode. The
+    Real-Time Mode reader fails on a deleted offset whatever failOnDataLoss says (Spark 4.3 with the
+    4.2.0 connector); a micro-batch skips the deleted range and its progress counts it.
+    """
     _configure(spark, settings)
     checkpoints = settings.checkpoint_dir
     listener = HealthListener(
@@ -292,10 +308,20 @@ def start_queries(spark: SparkSession, settings: PulseSettings, bootstrap: str, 
     )
     if settings.realtime:
         kafka = settings.kafka
-        metrics = _kafka_sink(window_update_records(windows), METRICS_QUERY, kafka.metrics_topic, settings, bootstrap)
-        rejects = _kafka_sink(reject_records(rejected_messages(parsed)), REJECTS_QUERY, kafka.rejects_topic,
-                              settings, bootstrap)
-        return _started(spark, metrics, rejects, listener)
+
+        def sinks_to_kafka(once: bool) -> tuple[StreamingQuery, StreamingQuery]:
+            metrics = _kafka_sink(window_update_records(windows), METRICS_QUERY, kafka.metrics_topic, settings,
+                                  bootstrap, once)
+            rejects = _kafka_sink(reject_records(rejected_messages(parsed)), REJECTS_QUERY, kafka.rejects_topic,
+                                  settings, bootstrap, once)
+            return metrics, rejects
+
+        if catch_up:
+            caught = _started(spark, *sinks_to_kafka(once=True), listener)
+            for query in caught.all():
+                query.awaitTermination()
+            caught.raise_if_failed()
+        return _started(spark, *sinks_to_kafka(once=False), listener)
 
     def write_metrics(batch: DataFrame, batch_id: int) -> None:
         started = time.perf_counter()

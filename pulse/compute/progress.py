@@ -54,6 +54,18 @@ def batch_watermark_ms(checkpoint: Path, batch_id: int) -> int:
     return int(metadata.get("batchWatermarkMs", 0))
 
 
+def checkpoint_offsets(checkpoint: Path) -> dict[str, dict[str, int]]:
+    """Where a query resumes: the source offsets of the newest entry of its offset log ({} before any)."""
+    logs = sorted((int(p.name), p) for p in (checkpoint / "offsets").glob("[0-9]*")) if checkpoint.exists() else []
+    return kafka_offsets(logs[-1][1].read_text().splitlines()[2]) if logs else {}
+
+
+def behind_retention(resume_at: Mapping[str, Mapping[str, int]], log_start: Mapping[int, int], topic: str) -> bool:
+    """Whether retention deleted offsets the checkpoint has yet to read, in any partition of `topic`."""
+    return any(int(offset) < log_start.get(int(partition), 0)
+               for partition, offset in resume_at.get(topic, {}).items())
+
+
 def reached(progress: Mapping[str, Any] | None, end_offsets: Mapping[str, Mapping[int, int]]) -> bool:
     """Whether a query's last completed batch (its `lastProgress`) ends at or beyond `end_offsets`."""
     if not progress:

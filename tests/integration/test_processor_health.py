@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -80,14 +81,51 @@ class _BrokenSink:
 
 
 def test_a_failed_query_makes_the_job_unhealthy(kafka, spark, database, settings):
+    """Micro-batch mode: the metrics query inserts itself, and an insert that fails fails the query."""
     def sinks(transport: ClickHouseTransport) -> PulseSinks:
         working = PulseSinks.clickhouse(transport)
         return PulseSinks(metrics=_BrokenSink(), rejects=working.rejects, health=working.health)
 
-    with Pipeline(settings, sinks=sinks) as run:
+    with Pipeline(settings.override(spark={"mode": "microbatch"}), sinks=sinks) as run:
         queries = run.start_job()
         port = run.serve_job_health()
         _one_trade(settings, kafka)
         wait_for(port, 503, until=lambda b: b["queries"]["pulse_metrics"] is False)
         assert queries.metrics.exception() is not None
         assert compose_healthcheck(port) != 0
+
+
+def test_a_failing_store_writer_makes_the_job_unhealthy_and_then_catches_up(kafka, spark, database, settings):
+    """Real-Time Mode: the queries write to Kafka and keep running; the store writer's inserts fail,
+    it retries with backoff, and /health is red while they fail for longer than writer.stale_s.
+    Once ClickHouse takes inserts again, the window arrives and /health is green."""
+    refusing = threading.Event()
+    refusing.set()
+
+    class _Flaky:
+        def __init__(self, sink: Any) -> None:
+            self.sink = sink
+
+        def write(self, batch: pa.Table) -> None:
+            if refusing.is_set():
+                raise RuntimeError("ClickHouse refused the insert")
+            self.sink.write(batch)
+
+    def sinks(transport: ClickHouseTransport) -> PulseSinks:
+        working = PulseSinks.clickhouse(transport)
+        return PulseSinks(metrics=_Flaky(working.metrics), rejects=working.rejects, health=working.health)
+
+    with Pipeline(settings.override(writer={"stale_s": 1.0, "retry_max_s": 0.5}), sinks=sinks) as run:
+        queries = run.start_job()
+        port = run.serve_job_health()
+        _one_trade(settings, kafka)
+        body = wait_for(port, 503, until=lambda b: b.get("writer", {}).get("ready") is False)
+        assert body["queries"] == {"pulse_metrics": True, "pulse_rejects": True}, "the queries keep running"
+        assert compose_healthcheck(port) != 0
+        refusing.clear()
+        wait_for(port, 200, until=lambda b: b["writer"]["ready"] is True)
+        assert queries.metrics.exception() is None
+        deadline = time.monotonic() + 30
+        while database.query_arrow("SELECT count() AS n FROM pulse_metrics FINAL").to_pylist()[0]["n"] != 1:
+            assert time.monotonic() < deadline, "the window never arrived after the outage"
+            time.sleep(0.2)

@@ -1,6 +1,6 @@
 """Late trades against the watermark, with event times chosen by the test.
 
-Watermark 2 s, 1-second windows. Phase 1 sets the max event time to B+20.4 s, so the watermark
+Watermark 2 s, 1-second windows, in both modes. Phase 1 sets the max event time to B+20.4 s, so the watermark
 becomes B+18.4 s. Phase 2 then brings trades whose windows are still open (updated, a new row
 version) and trades whose windows closed (dropped by Spark, counted one by one in pulse_health).
 """
@@ -56,8 +56,12 @@ def _wait_for_watermark(queries: PulseQueries, want_ms: int, timeout_s: float = 
 
 
 
-def test_late_trades_inside_and_beyond_the_watermark(kafka, spark, database, settings):
-    settings = settings.override(spark={"watermark_s": 2.0})
+@pytest.mark.parametrize("mode", ["realtime", "microbatch"])
+def test_late_trades_inside_and_beyond_the_watermark(mode, kafka, spark, database, settings):
+    """Both engines drop by the watermark in effect for the batch a trade arrives in: in Real-Time
+    Mode that watermark moves only when a batch ends (every spark.realtime_batch_s), which is when
+    the test sees it in the progress report before sending phase 2."""
+    settings = settings.override(spark={"watermark_s": 2.0, "mode": mode})
     topic = settings.kafka.trades_topic
     watermark_ms = B + 18_400
     assert [is_late(B + round(t * 1000), watermark_ms) for t, *_ in ON_TIME] == [False] * 3
@@ -95,8 +99,8 @@ def test_late_trades_inside_and_beyond_the_watermark(kafka, spark, database, set
         assert math.isclose(row["vwap"], want.vwap, rel_tol=1e-12)
         assert row["signal"] == want.signal
 
-    # The on-time trade in window [20, 21) arrived in a later batch: the window was written again
-    # with a higher version, and the newest version is the one the view returns.
+    # The on-time trade in window [20, 21) arrived later: the window was written again with a
+    # higher version (its trade count), and the newest version is the one the view returns.
     versions = database.query_arrow(
         "SELECT version, trade_count FROM pulse_metrics WHERE window_start = fromUnixTimestamp64Milli("
         f"toInt64({B + 20_000}), 'UTC') ORDER BY version").to_pylist()

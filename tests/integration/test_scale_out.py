@@ -158,6 +158,7 @@ def test_the_job_on_a_standalone_cluster_matches_the_reference(kafka, base_setti
 
 def test_worker_lost_mid_stream_the_job_waits_visibly_recovers_and_a_restart_stays_exact(
         kafka, base_settings, standalone, tmp_path):
+    """Micro-batch mode: a lost worker stalls the job, which waits for resources and goes on."""
     topics = fresh_topics(kafka.bootstrap)
     spot = recording(SPOT_RAW)
     publish_recording(base_settings.override(kafka=topics.model_dump()), spot)
@@ -166,8 +167,9 @@ def test_worker_lost_mid_stream_the_job_waits_visibly_recovers_and_a_restart_sta
     data_dir.mkdir()
     log = tmp_path / "process.log"
     health_port = free_port()
-    # Short Real-Time Mode batches so that commits are frequent; a short staleness so /health shows the stall.
-    env = _cluster_env(standalone, checkpoints, PULSE_SPARK__REALTIME_BATCH_S="1",
+    # Small micro-batches so that the loss lands mid-stream; a short staleness so /health shows the stall.
+    env = _cluster_env(standalone, checkpoints, PULSE_SPARK__MODE="microbatch",
+                       PULSE_SPARK__MAX_OFFSETS_PER_TRIGGER="250",
                        PULSE_SPARK__HEALTH_PORT=str(health_port), PULSE_SPARK__HEALTH_STALE_S="3")
     process = start_pulse_process(data_dir, kafka.bootstrap, topics.trades_topic, log, "--until-idle", "3", **env)
     try:
@@ -203,14 +205,58 @@ def test_worker_lost_mid_stream_the_job_waits_visibly_recovers_and_a_restart_sta
             process.wait(timeout=30)
     assert batches(checkpoints) > stalled_at, "nothing was committed after the worker came back"
     assert_windows_match(pulse_sql(data_dir, WINDOWS_SQL), reference_windows(trades_from_recording(spot)))
+    _restart_with_more_data(kafka, base_settings, topics, data_dir, log, env, spot)
 
-    # A restart of the job on the same checkpoint, with more data meanwhile: it resumes where it
-    # stopped, and the table is exactly both recordings, each window once.
+
+def test_worker_lost_under_real_time_mode_the_job_stops_with_one_line_and_a_restart_stays_exact(
+        kafka, base_settings, standalone, tmp_path):
+    """Real-Time Mode does not wait for resources: its pipelined stages need every slot at once, so
+    a lost worker fails the query. `pulse process` exits non-zero with the one line saying why (a
+    supervisor restarts it, as compose's `restart: unless-stopped` does); the restart on the same
+    checkpoint, once a worker is back, leaves the table exact."""
+    topics = fresh_topics(kafka.bootstrap)
+    spot = recording(SPOT_RAW)
+    checkpoints = tmp_path / "shared" / "checkpoints"
+    data_dir = tmp_path / "driver"
+    data_dir.mkdir()
+    log = tmp_path / "process.log"
+    env = _cluster_env(standalone, checkpoints, PULSE_SPARK__REALTIME_BATCH_S="1")
+    process = start_pulse_process(data_dir, kafka.bootstrap, topics.trades_topic, log, **env)
+    try:
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while batches(checkpoints) < 1:
+            assert process.poll() is None, log.read_text()[-4000:]
+            assert time.monotonic() < deadline, "the job committed no batches on the cluster"
+            time.sleep(0.1)
+        # Trades arrive while the job runs: part of them before the loss, the rest after it.
+        publish_recording(base_settings.override(kafka=topics.model_dump()), spot)
+        killed = standalone.kill_worker(0)
+        assert len(killed) >= 2, "the worker ran no executor to lose"
+        assert process.wait(timeout=120) != 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+    last_line = log.read_text().strip().splitlines()[-1]
+    assert last_line.startswith("pulse process: ") and "task slots" in last_line, last_line
+    assert "Traceback" not in log.read_text()
+
+    standalone.start_worker(cores=WORKER_CORES, index=0)
+    process = start_pulse_process(data_dir, kafka.bootstrap, topics.trades_topic, log, "--until-idle", "3", **env)
+    _finish(process, log)
+    assert_windows_match(pulse_sql(data_dir, WINDOWS_SQL), reference_windows(trades_from_recording(spot)))
+    _restart_with_more_data(kafka, base_settings, topics, data_dir, log, env, spot)
+
+
+def _restart_with_more_data(kafka: Any, base_settings: PulseSettings, topics: KafkaSettings, data_dir: Path,
+                            log: Path, env: dict[str, str], first: Path) -> None:
+    """A restart of the job on the same checkpoint, with more data meanwhile: it resumes where it
+    stopped, and the table is exactly both recordings, each window once."""
     usdm = recording(USDM_RAW)
     publish_recording(base_settings.override(kafka=topics.model_dump()), usdm)
     process = start_pulse_process(data_dir, kafka.bootstrap, topics.trades_topic, log, "--until-idle", "2", **env)
     _finish(process, log)
-    both = reference_windows(trades_from_recording(spot) + trades_from_recording(usdm))
+    both = reference_windows(trades_from_recording(first) + trades_from_recording(usdm))
     assert_windows_match(pulse_sql(data_dir, WINDOWS_SQL), both)
 
 

@@ -30,6 +30,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = sorted((ROOT / "pulse" / "resources" / "schema").glob("*.sql"))
 INITDB = ROOT / "clickhouse" / "initdb"
+MIGRATIONS = sorted((ROOT / "clickhouse" / "migrations").glob("*.sql"))
 USERS_TEMPLATE = INITDB / "users.sql.tmpl"
 SERVER_ONLY = re.compile(r"^\s*(CREATE\s+USER|CREATE\s+SETTINGS\s+PROFILE|GRANT)\b", re.IGNORECASE)
 CREATED = re.compile(r"CREATE\s+(?:TABLE|VIEW|MATERIALIZED\s+VIEW)\s+IF\s+NOT\s+EXISTS\s+(\w+)", re.IGNORECASE)
@@ -45,7 +46,7 @@ def test_every_sql_file_under_clickhouse_is_covered() -> None:
              for p in folder.rglob("*.sql*")}
     # The replicated variant under clickhouse/cluster/schema is run by tests/stack/test_cluster_schema.py.
     cluster = sorted((ROOT / "clickhouse" / "cluster" / "schema").glob("*.sql"))
-    covered = {p.relative_to(ROOT).as_posix() for p in [*SCHEMA, USERS_TEMPLATE, *cluster]}
+    covered = {p.relative_to(ROOT).as_posix() for p in [*SCHEMA, USERS_TEMPLATE, *cluster, *MIGRATIONS]}
     assert every == covered, f"SQL that no test runs: {sorted(every - covered)}"
 
 
@@ -60,6 +61,32 @@ def test_schema_file_runs_on_chdb(upto: int, chdb_engine: ChdbEngine, base_setti
     # Re-running is a no-op: the server's processor applies the files again at every start.
     for statement in split_statements(SCHEMA[upto].read_text()):
         transport.command(statement)
+
+
+def test_version_migration_lets_newer_window_states_win(chdb_engine: ChdbEngine,
+                                                        base_settings: PulseSettings) -> None:
+    """Rows written with batch ids as versions (before Real-Time Mode) are rewritten with their trade
+    count: a later, fuller state of a window then replaces them, and a replayed partial one does not."""
+    transport = ChdbTransport(base_settings.chdb_path, unique_name("migration"))
+    for path in SCHEMA:
+        for statement in split_statements(path.read_text()):
+            transport.command(statement)
+    columns = "symbol, window_start, window_end, trade_count, signal, version"
+    transport.command(f"INSERT INTO pulse_metrics ({columns}) VALUES "
+                      "('BTCUSDT', '2026-01-01 00:00:00', '2026-01-01 00:00:01', 7, 'NEUTRAL', 9000), "
+                      "('BTCUSDT', '2026-01-01 00:00:00', '2026-01-01 00:00:01', 5, 'NEUTRAL', 8999), "
+                      "('ETHUSDT', '2026-01-01 00:00:00', '2026-01-01 00:00:01', 3, 'NEUTRAL', 9001)")
+    for statement in split_statements(MIGRATIONS[0].read_text()):
+        transport.command(statement)
+    kept = "SELECT symbol, trade_count, version FROM pulse_metrics_latest ORDER BY symbol"
+    assert transport.query_arrow(kept).to_pylist() == [
+        {"symbol": "BTCUSDT", "trade_count": 7, "version": 7}, {"symbol": "ETHUSDT", "trade_count": 3, "version": 3}]
+    # What Real-Time Mode writes next: ETH's window gains a trade, BTC's is replayed partially.
+    transport.command(f"INSERT INTO pulse_metrics ({columns}) VALUES "
+                      "('ETHUSDT', '2026-01-01 00:00:00', '2026-01-01 00:00:01', 4, 'NEUTRAL', 4), "
+                      "('BTCUSDT', '2026-01-01 00:00:00', '2026-01-01 00:00:01', 2, 'NEUTRAL', 2)")
+    assert [r["trade_count"] for r in transport.query_arrow(kept).to_pylist()] == [7, 4]
+    assert "pulse_metrics_migrating" not in _objects(transport)
 
 
 def _render_users(writer: str, reader: str, database: str, writer_hash: str, reader_hash: str) -> str:

@@ -25,13 +25,29 @@ def pulse_env(**settings: str) -> dict[str, str]:
     return env
 
 
+def output_topics(topic: str) -> dict[str, str]:
+    """The Real-Time Mode output topics of a child run on `topic`, named after it: one test's store
+    writer never reads another's window updates, and a restart on the same topic finds its own."""
+    return {"PULSE_KAFKA__METRICS_TOPIC": f"{topic}.metrics", "PULSE_KAFKA__REJECTS_TOPIC": f"{topic}.rejects"}
+
+
 def start_process(data_dir: Path, bootstrap: str, topic: str, log: Path, *extra: str,
                   **settings: str) -> subprocess.Popen[bytes]:
     """`pulse process` in its own session (so a kill of the group takes its Spark JVM along)."""
+    settings = {**output_topics(topic), **settings}
     command = [*PULSE, "process", "--data-dir", str(data_dir), "--bootstrap-servers", bootstrap, "--topic", topic,
                "--starting-offsets", "earliest", *extra]
     with log.open("ab") as out:
         return subprocess.Popen(command, cwd=data_dir.parent, env=pulse_env(**settings), stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def start_store(data_dir: Path, bootstrap: str, topic: str, log: Path, **settings: str) -> subprocess.Popen[bytes]:
+    """`pulse store` for the output topics `start_process` names after `topic`."""
+    env = {**output_topics(topic), **settings}
+    command = [*PULSE, "store", "--data-dir", str(data_dir), "--bootstrap-servers", bootstrap]
+    with log.open("ab") as out:
+        return subprocess.Popen(command, cwd=data_dir.parent, env=pulse_env(**env), stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 

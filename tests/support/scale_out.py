@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from tests.support.processor_process import PULSE, pulse_env
+from tests.support.processor_process import PULSE, output_topics, pulse_env
 from tests.support.reference import RefTrade
 from tests.support.spark_standalone import die_with_parent
 
@@ -113,8 +113,8 @@ def start_pulse_process(data_dir: Path, bootstrap: str, topic: str, log: Path, *
     command = [*PULSE, "process", "--data-dir", str(data_dir), "--bootstrap-servers", bootstrap, "--topic", topic,
                "--starting-offsets", "earliest", *extra]
     with log.open("ab") as out:
-        return subprocess.Popen(command, cwd=data_dir.parent, env=pulse_env(**settings), stdout=out,
-                                stderr=subprocess.STDOUT, preexec_fn=die_with_parent)  # noqa: PLW1509
+        return subprocess.Popen(command, cwd=data_dir.parent, env=pulse_env(**{**output_topics(topic), **settings}),
+                                stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)  # noqa: PLW1509
 
 
 def health_status(port: int) -> int | str:

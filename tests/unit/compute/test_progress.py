@@ -1,0 +1,31 @@
+"""Where a checkpoint resumes, and whether retention deleted what it has yet to read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pulse.compute.progress import behind_retention, checkpoint_offsets
+
+
+def _offset_log(checkpoint: Path, batch: int, offsets: dict[str, dict[str, int]]) -> None:
+    folder = checkpoint / "offsets"
+    folder.mkdir(parents=True, exist_ok=True)
+    # Spark's offset log entry: version, metadata, then one line per source.
+    (folder / str(batch)).write_text(f"v1\n{json.dumps({'batchWatermarkMs': 0})}\n{json.dumps(offsets)}")
+
+
+def test_a_checkpoint_resumes_at_its_newest_offset_log_entry(tmp_path: Path) -> None:
+    assert checkpoint_offsets(tmp_path / "none") == {}
+    _offset_log(tmp_path, 9, {"trades": {"0": 5, "1": 0}})
+    _offset_log(tmp_path, 10, {"trades": {"0": 20, "1": 3}})
+    (tmp_path / "offsets" / ".10.crc").write_text("")
+    assert checkpoint_offsets(tmp_path) == {"trades": {"0": 20, "1": 3}}
+
+
+def test_behind_retention_only_when_an_unread_offset_was_deleted() -> None:
+    resume = {"trades": {"0": 20, "1": 3}}
+    assert not behind_retention(resume, {0: 20, 1: 0}, "trades")
+    assert behind_retention(resume, {0: 32, 1: 0}, "trades")
+    assert behind_retention(resume, {0: 0, 1: 4}, "trades")
+    assert not behind_retention(resume, {0: 99}, "other")
