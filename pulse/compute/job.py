@@ -225,6 +225,11 @@ class PulseQueries:
                 raise RuntimeError(f"streaming query {query.name} needs more task slots than the cluster offers: "
                                    f"give it 2 x partitions + shuffle partitions per job (docs/scaling.md) "
                                    f"or set PULSE_SPARK__MODE=microbatch; Spark said: {error}")
+            if "ExecutorLostFailure" in str(error):
+                # Spark's failure reason for a lost executor: RTM fails the query rather than retry.
+                raise RuntimeError(f"streaming query {query.name} lost an executor (Real-Time Mode does not retry its "
+                                   f"tasks): start the job again once the cluster has its task slots; it resumes "
+                                   f"from its checkpoint (docs/scaling.md). Spark said: {error}")
             raise RuntimeError(f"streaming query {query.name} failed: {error}")
 
     def health(self, stale_after_s: float) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import yaml
 from pulse.pipeline import Pipeline
 from pulse.storage.clickhouse import ClickHouseTransport
 from pulse.storage.sinks import PulseSinks
+from tests.support.pipeline import scrape
 from tests.support.topic_writer import trade_message, write_messages
 
 pytestmark = pytest.mark.integration
@@ -56,19 +57,32 @@ def wait_for(port: int, status: int, until: Callable[[dict[str, Any]], bool] = l
         time.sleep(0.25)
 
 
-def _one_trade(settings: Any, kafka: Any) -> None:
+def _one_trade(settings: Any, kafka: Any) -> int:
+    """Publish one trade stamped now; its trade time (ms)."""
+    trade_ms = int(time.time() * 1000)
     write_messages(kafka.bootstrap, settings.kafka.trades_topic,
-                   [trade_message("BTCUSDT", 1, 100.0, 1.0, int(time.time() * 1000), False)])
+                   [trade_message("BTCUSDT", 1, 100.0, 1.0, trade_ms, False)])
+    return trade_ms
 
 
 def test_running_job_is_healthy_and_a_stopped_query_is_not(kafka, spark, database, settings):
     with Pipeline(settings) as run:
         queries = run.start_job()
         port = run.serve_job_health()
-        _one_trade(settings, kafka)
-        body = wait_for(port, 200)
+        trade_ms = _one_trade(settings, kafka)
+        body = wait_for(port, 200, until=lambda b: b["writer"]["last_freshness_ms"] > 0)
         assert body["queries"] == {"pulse_metrics": True, "pulse_rejects": True}
         assert compose_healthcheck(port) == 0
+        # Freshness, measured where the row becomes visible (the store writer): trade time -> the
+        # insert returned. Bounded by the row's own write stamp and the moment this test saw it.
+        seen_ms = time.time() * 1000
+        written_ms = database.query_arrow(
+            "SELECT toUnixTimestamp64Milli(written_at) AS w FROM pulse_metrics FINAL").to_pylist()[0]["w"]
+        metrics = scrape(port, "pulse_processor_")
+        assert metrics["writer_freshness_seconds_count"] == 1
+        fresh_ms = metrics["writer_freshness_seconds_sum"] * 1000
+        assert written_ms - trade_ms <= fresh_ms <= seen_ms - trade_ms
+        assert body["writer"]["last_freshness_ms"] == pytest.approx(fresh_ms, abs=1)
         queries.rejects.stop()
         body = wait_for(port, 503, until=lambda b: b["queries"]["pulse_rejects"] is False, timeout_s=10)
         assert body["queries"]["pulse_metrics"] is True and body["ready"] is False

@@ -210,8 +210,8 @@ def test_worker_lost_mid_stream_the_job_waits_visibly_recovers_and_a_restart_sta
 
 def test_worker_lost_under_real_time_mode_the_job_stops_with_one_line_and_a_restart_stays_exact(
         kafka, base_settings, standalone, tmp_path):
-    """Real-Time Mode does not wait for resources: its pipelined stages need every slot at once, so
-    a lost worker fails the query. `pulse process` exits non-zero with the one line saying why (a
+    """Real-Time Mode does not retry its long-running tasks, so a lost worker fails the query.
+    `pulse process` exits non-zero with the one line saying why and what to do (a
     supervisor restarts it, as compose's `restart: unless-stopped` does); the restart on the same
     checkpoint, once a worker is back, leaves the table exact."""
     topics = fresh_topics(kafka.bootstrap)
@@ -238,7 +238,7 @@ def test_worker_lost_under_real_time_mode_the_job_stops_with_one_line_and_a_rest
             process.kill()
             process.wait(timeout=30)
     last_line = log.read_text().strip().splitlines()[-1]
-    assert last_line.startswith("pulse process: ") and "task slots" in last_line, last_line
+    assert last_line.startswith("pulse process: ") and "resumes from its checkpoint" in last_line, last_line
     assert "Traceback" not in log.read_text()
 
     standalone.start_worker(cores=WORKER_CORES, index=0)
