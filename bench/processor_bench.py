@@ -35,6 +35,7 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,9 @@ PARTITIONS = int(os.environ.get("BENCH_PARTITIONS", "3"))
 
 def partition_of(agg_id: int) -> int:
     return agg_id % PARTITIONS
+
+
+WARM_UP_IDS = PARTITIONS * 10**9  # above every measured id; warm-up trade k still goes to partition k
 
 
 def message(agg_id: int, time_ms: int) -> bytes:
@@ -121,9 +125,10 @@ async def _warm_up(bootstrap: str, topic: str) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:
-        for agg_id in range(PARTITIONS):  # a trade per partition: every task of the plan runs once
-            await producer.send_and_wait(topic, message(-agg_id, time.time_ns() // 1_000_000 - 60_000),
-                                         partition=partition_of(-agg_id))
+        # A trade per partition, with ids far above the measured ones: every task of the plan runs once.
+        for agg_id in range(WARM_UP_IDS, WARM_UP_IDS + PARTITIONS):
+            await producer.send_and_wait(topic, message(agg_id, time.time_ns() // 1_000_000 - 60_000),
+                                         partition=partition_of(agg_id))
     finally:
         await producer.stop()
 
@@ -146,6 +151,23 @@ def freshness(times: list[int], visible: list[tuple[float, list[tuple[str, int]]
             if visible_at:
                 result.append(visible_at[0] - t)
     return result
+
+
+def _expected_counts(times: list[int]) -> dict[tuple[str, int], int]:
+    """Trades per (symbol, window) of what was published (`times[i]` is trade i + 1's T)."""
+    counts: dict[tuple[str, int], int] = defaultdict(int)
+    for agg_id, t in enumerate(times, start=1):
+        counts[(f"BENCH{partition_of(agg_id)}USDT", t - t % 1000)] += 1
+    return counts
+
+
+def _all_visible(visible: list[tuple[float, list[tuple[str, int]], list[int]]],
+                 expected: dict[tuple[str, int], int]) -> bool:
+    seen: dict[tuple[str, int], int] = defaultdict(int)
+    for _, windows, counts in list(visible):
+        for window, count in zip(windows, counts, strict=True):
+            seen[window] = max(seen[window], count)
+    return all(seen[window] >= count for window, count in expected.items())
 
 
 def pct(values: list[float], q: int) -> float:
@@ -199,6 +221,9 @@ def _durations(queries: list[Any], listener: Any = None, writer: Any = None) -> 
         means["writer.insert"] = statistics.fmean(stats.insert_ms) if stats.insert_ms else 0.0
         means["writer.updates_per_insert"] = stats.updates_read / stats.inserts
         means["writer.windows_per_insert"] = stats.windows_inserted / stats.inserts
+        # Per window: trade time -> its update in Kafka (the job), and that -> visible (the writer).
+        means["trade->kafka (job)"] = statistics.median(stats.job_ms) if stats.job_ms else 0.0
+        means["kafka->visible (writer)"] = statistics.median(stats.store_ms) if stats.store_ms else 0.0
     return means
 
 
@@ -237,11 +262,30 @@ def run(base: PulseSettings, bootstrap: str, rate: float | None, count: int, job
                 _wait_idle(queries, idle_s, timeout_s)
             else:
                 pipeline.wait_idle(idle_s, timeout_s=timeout_s, poll_s=0.1)
+
+        def until(visible: Callable[[], bool], timeout_s: float) -> None:
+            """Real-Time Mode: until the trades are visible. Its batches end once a minute, so waiting
+            for Spark to report the end (idle) would measure the batch length, not the job."""
+            deadline = time.monotonic() + timeout_s
+            while not visible():
+                pipeline.raise_if_writer_failed()
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the job did not make every trade visible")
+                time.sleep(0.05)
+
+        def done(expected: dict[tuple[str, int], int], timeout_s: float) -> None:
+            if mode == "realtime":
+                until(lambda: _all_visible(recorders[0].visible, expected), timeout_s)
+            else:
+                idle(1.0, timeout_s)
         if not earliest:
-            # Spark runs no batch on an empty topic, so the first real batch would pay for planning,
-            # code generation and the state store: one old trade warms the job up, unmeasured.
+            # The first real batch would pay for planning, code generation and the state store: one
+            # old trade per partition warms the job up, unmeasured.
             asyncio.run(_warm_up(bootstrap, topic))
-            idle(2.0, 300)
+            if mode == "realtime":
+                until(lambda: sum(len(windows) for _, windows, _ in recorders[0].visible) >= PARTITIONS, 300)
+            else:
+                idle(2.0, 300)
         started = time.time() * 1000
         if not earliest:
             times = publish_elsewhere(bootstrap, topic, rate, count)
@@ -249,7 +293,7 @@ def run(base: PulseSettings, bootstrap: str, rate: float | None, count: int, job
         # well after the data moves the watermark, so every window is written and counted.
         if job == "seed":
             asyncio.run(_push_watermark(bootstrap, topic))
-        idle(1.0, 600)
+        done(_expected_counts(times), 600)
         breakdown = _durations(queries[:1], listener, pipeline.writer)
         for query in queries:
             query.stop()

@@ -403,6 +403,8 @@ def _run_process(args: argparse.Namespace, settings: PulseSettings) -> int:
         kafka=_given(bootstrap_servers=args.bootstrap_servers, trades_topic=args.topic),
         spark=_given(starting_offsets=args.starting_offsets),
         clickhouse={"apply_schema": True} if args.apply_schema else {})
+    if args.until_idle is not None:  # a finite run: its end is seen at a batch end
+        settings = settings.short_batches()
     if not settings.kafka.bootstrap_servers:
         raise UsageError("no Kafka to read from: set PULSE_KAFKA__BOOTSTRAP_SERVERS or pass --bootstrap-servers")
     _check_kafka(settings.kafka.bootstrap_servers)

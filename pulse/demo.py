@@ -147,7 +147,7 @@ def run_demo(settings: PulseSettings, input_path: Path, symbol: str | None, spee
     # A demo replays its recording from the start, and its /metrics never collides with a running producer.
     # Its end waits for the rejects query too: a short trigger there, since a replay is not live.
     settings = settings.override(spark={"starting_offsets": "earliest", "rejects_trigger_ms": 1000},
-                                 producer={"metrics_port": 0})
+                                 producer={"metrics_port": 0}).short_batches()
     source = ReplaySource(input_path, symbol, speed)
     pace = "as fast as possible" if speed is None else f"{speed:g}x the recorded pace"
     with Pipeline(settings) as run:

@@ -78,7 +78,8 @@ def run_live(settings: PulseSettings, say: Say, stop: threading.Event, dashboard
     """Stream `settings.producer.symbols` (already resolved) until `stop` is set; the run's summary."""
     started, started_ms = time.monotonic(), now_ms()
     # /metrics on any free port: a live run beside the docker stack must not collide with its producer.
-    settings = settings.override(producer={"metrics_port": 0})
+    # Its stop waits for Spark to process the last trades, which shows at a batch end: short batches.
+    settings = settings.override(producer={"metrics_port": 0}).short_batches()
     if not settings.kafka.bootstrap_servers:
         # The embedded broker's topic holds only this data directory's runs, and a new checkpoint
         # must not skip the trades published before Spark's first trigger ("latest" would).

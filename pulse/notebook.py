@@ -181,6 +181,8 @@ def notebook_settings(settings: PulseSettings, recording: Path | None = None) ->
     processor owns: it writes into its own database and watches the live topic from `latest`; a
     recording is replayed only when asked for, into a topic of its own, never into the live one.
     """
+    # A notebook waits for what it started to be processed, which shows at a batch end: short batches.
+    settings = settings.short_batches()
     if not settings.kafka.bootstrap_servers:
         return settings.override(spark={"starting_offsets": "earliest"}), recording or bundled_recording()
     changes: dict[str, Any] = {"clickhouse": {"database": NOTEBOOK_DATABASE, "apply_schema": True}}

@@ -231,7 +231,7 @@ class Pipeline:
         writer = self.writer
 
         def health() -> dict[str, Any]:
-            state = queries.health(spark.health_stale_s)
+            state = queries.health(self.settings.health_stale_after_s)
             if writer is not None:  # Real-Time Mode with the writer in this process: red when it stalls
                 state["writer"] = writer.health()
                 state["ready"] = state["ready"] and state["writer"]["ready"]

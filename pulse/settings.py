@@ -112,15 +112,23 @@ class ProducerSettings(BaseModel):
         return [symbol.upper() for symbol in value]
 
 
+# Runs that await their end (`pulse demo`, `pulse live`, `--until-idle`, the notebook) see it at a batch end.
+REPLAY_BATCH_S = 5.0
+
+
 class SparkSettings(BaseModel):
     # "realtime": Spark's Real-Time Mode, long-running tasks that process each trade as it arrives
     # and write through Spark's Kafka sink to the store writer (p50 tens of ms, docs/benchmarks.md).
     # "microbatch": a batch every trigger_ms, written by a foreachBatch callback (p50 ~0.6-2 s).
     mode: Literal["realtime", "microbatch"] = "realtime"
-    # Real-Time Mode: how long one batch of the long-running tasks lasts. At its end Spark commits
-    # offsets and state, advances the watermark and evicts closed windows; a trade is "late" when its
-    # window ended at or before the watermark of the batch it arrives in (docs/signals.md).
-    realtime_batch_s: float = Field(default=5.0, ge=1)
+    # Real-Time Mode: how long one batch of the long-running tasks lasts: a checkpoint interval, not a
+    # latency (Spark's default is 5 minutes). At its end Spark commits offsets and state, advances the
+    # watermark and evicts closed windows; a trade is "late" when its window ended at or before the
+    # watermark of the batch it arrives in (docs/signals.md). Each end stalls the stream ~0.4-0.7 s
+    # on two cores: at 5 s batches that put p99 freshness at 0.8-1.1 s, at 60 s 0.27 s
+    # (docs/benchmarks.md). Runs that wait for a batch end to know they are done (`pulse demo`,
+    # `pulse live`, `--until-idle`, the notebook) use REPLAY_BATCH_S (short_batches()).
+    realtime_batch_s: float = Field(default=60.0, ge=1)
     # None: sized from the topic. Real-Time Mode runs every stage's tasks at once, so local mode
     # needs a slot per input partition for each query plus the shuffle partitions (task_slots()).
     master: str | None = None
@@ -257,6 +265,18 @@ class PulseSettings(BaseSettings):
         if not self.realtime:
             return 2
         return 2 * self.kafka.partitions + self.spark.shuffle_partitions
+
+    def short_batches(self) -> PulseSettings:
+        """These settings for a run whose end is awaited (a replay, `--until-idle`, `pulse live`'s
+        stop): Real-Time Mode batches no longer than REPLAY_BATCH_S, since "all processed" is seen
+        at a batch end, within seconds rather than a minute."""
+        return self.override(spark={"realtime_batch_s": min(self.spark.realtime_batch_s, REPLAY_BATCH_S)})
+
+    @property
+    def health_stale_after_s(self) -> float:
+        """Silence after which the job's /health is red: Real-Time Mode reports progress only when a
+        batch ends, so a whole batch comes on top of `health_stale_s`."""
+        return self.spark.health_stale_s + (self.spark.realtime_batch_s if self.realtime else 0.0)
 
     @property
     def spark_master(self) -> str:

@@ -41,15 +41,16 @@ _UPDATE_FIELDS = WindowUpdateV1.__struct_fields__
 _REJECT_FIELDS = RejectV1.__struct_fields__
 
 
-def newest_updates(values: Iterable[bytes]) -> list[WindowUpdateV1]:
-    """Decoded window updates, one per (symbol, window): the one with the most trades (the newest)."""
-    newest: dict[tuple[str, int], WindowUpdateV1] = {}
-    for value in values:
+def newest_updates(records: Iterable[tuple[bytes, int]]) -> list[tuple[WindowUpdateV1, int]]:
+    """Decoded window updates with their Kafka timestamps, one per (symbol, window): the one with the
+    most trades (the newest)."""
+    newest: dict[tuple[str, int], tuple[WindowUpdateV1, int]] = {}
+    for value, timestamp in records:
         update = _decode_update(value)
         key = (update.symbol, update.window_start_ms)
         kept = newest.get(key)
-        if kept is None or update.trade_count >= kept.trade_count:
-            newest[key] = update
+        if kept is None or update.trade_count >= kept[0].trade_count:
+            newest[key] = (update, timestamp)
     return list(newest.values())
 
 
@@ -81,6 +82,10 @@ class WriterStats:
     freshness: LatencyHistogram = field(default_factory=LatencyHistogram)
     last_freshness_ms: float = 0.0
     insert_ms: list[float] = field(default_factory=list)  # the newest thousand, for the benchmark
+    # Where freshness goes, per inserted window (the newest thousand): trade time -> the job's update
+    # in Kafka (Spark's sink stamps the record), and that -> visible in ClickHouse.
+    job_ms: list[float] = field(default_factory=list)
+    store_ms: list[float] = field(default_factory=list)
     last_insert_at: float | None = None
     failing_since: float | None = None
 
@@ -127,7 +132,8 @@ class StoreWriter:
         if not records:
             return 0
         metrics_topic = self._settings.kafka.metrics_topic
-        updates = [r.value for tp, rs in batches.items() if tp.topic == metrics_topic for r in rs if r.value]
+        updates = [(r.value, r.timestamp) for tp, rs in batches.items() if tp.topic == metrics_topic for r in rs
+                   if r.value]
         rejects = [r.value for tp, rs in batches.items() if tp.topic != metrics_topic for r in rs if r.value]
         await self._insert_with_retry(updates, rejects, stop, draining)
         offsets = {tp: rs[-1].offset + 1 for tp, rs in batches.items() if rs}
@@ -136,7 +142,7 @@ class StoreWriter:
             self.inserted[(tp.topic, tp.partition)] = offset
         return records
 
-    async def _insert_with_retry(self, updates: list[bytes], rejects: list[bytes], stop: asyncio.Event,
+    async def _insert_with_retry(self, updates: list[tuple[bytes, int]], rejects: list[bytes], stop: asyncio.Event,
                                  draining: bool) -> None:
         pause = 0.1
         while True:
@@ -155,17 +161,21 @@ class StoreWriter:
             self.stats.failing_since = None
             return
 
-    def _insert(self, updates: list[bytes], rejects: list[bytes]) -> None:
+    def _insert(self, updates: list[tuple[bytes, int]], rejects: list[bytes]) -> None:
         stats = self.stats
         started = time.perf_counter()
         if updates:
-            windows = window_table(newest_updates(updates))
+            newest = newest_updates(updates)
+            windows = window_table([update for update, _ in newest])
             written = time.time_ns() // 1_000_000
             self._sinks.metrics.write(stamp_metrics(windows, written))
             visible = time.time_ns() // 1_000_000
             for age in freshness_ms(windows, visible):
                 stats.freshness.observe(age / 1000)
             stats.last_freshness_ms = min(freshness_ms(windows, visible))
+            stats.job_ms.extend(float(at - update.max_trade_time_ms) for update, at in newest)
+            stats.store_ms.extend(float(visible - at) for _, at in newest)
+            del stats.job_ms[:-1000], stats.store_ms[:-1000]
             stats.updates_read += len(updates)
             stats.windows_inserted += windows.num_rows
         if rejects:

@@ -88,6 +88,9 @@ def reject_reason(msg: Column, raw_value: Column, utf8: Column) -> Column:
         reason = reason.when(F.isnan(number) | (number <= 0) | (F.abs(number) == float("inf")),
                              F.lit(f"field '{field}' must be finite and > 0"))
     reason = reason.when(~msg["side"].isin("BUY", "SELL"), F.lit("field 'side' must be BUY or SELL"))
+    # The contract's minimum (docs/trade-message.v1.schema.json); the tables keep ids unsigned.
+    for field in ("agg_trade_id", "timestamp", "ingest_time"):
+        reason = reason.when(msg[field] < 0, F.lit(f"field '{field}' must be >= 0"))
     return reason
 
 

@@ -47,6 +47,8 @@ BAD: list[tuple[Message, str]] = [
     (_trade(14, side="HOLD"), "field 'side' must be BUY or SELL"),
     (_trade(15, schema_version=2), "unsupported or missing schema_version (expected 1)"),
     (_without("schema_version"), "unsupported or missing schema_version (expected 1)"),
+    (_trade(-18), "field 'agg_trade_id' must be >= 0"),
+    (_trade(19, timestamp=-1), "field 'timestamp' must be >= 0"),
 ]
 GOOD = [_trade(1), _trade(2), _trade(3)]
 
