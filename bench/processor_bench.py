@@ -219,6 +219,7 @@ def _durations(queries: list[Any], listener: Any = None, writer: Any = None) -> 
     if writer is not None and writer.stats.inserts:
         stats = writer.stats
         means["writer.insert"] = statistics.fmean(stats.insert_ms) if stats.insert_ms else 0.0
+        means["writer.commit"] = statistics.fmean(stats.commit_ms) if stats.commit_ms else 0.0
         means["writer.updates_per_insert"] = stats.updates_read / stats.inserts
         means["writer.windows_per_insert"] = stats.windows_inserted / stats.inserts
         # Per window: trade time -> its update in Kafka (the job), and that -> visible (the writer).

@@ -2,7 +2,7 @@
 
 One row per symbol (last price, VWAP, net delta, buy pressure as a bar, CVD since the view
 started, trades/s, the signal in its colour, age of the newest window) and a footer with the
-pipeline's health (producer rate, queue drops, gaps, dead letters, Spark batch duration,
+pipeline's health (producer rate, queue drops, gaps, dead letters, the engine (Spark batch duration),
 freshness p50). It redraws in place (rich) about twice a second and fits 80 columns; when stdout
 is no terminal it prints a plain progress line every few seconds instead.
 
@@ -118,6 +118,8 @@ class BoardState:
     gaps: int = 0
     dead_letters: int = 0
     batch_ms: int = 0
+    # Real-Time Mode has no per-batch delay to show: its batches are checkpoint intervals.
+    realtime: bool = False
     freshness_p50_ms: float | None = None
     problem: str | None = None
     warnings: int = 0
@@ -236,7 +238,8 @@ def warnings_line(state: BoardState) -> str | None:
 def health_line(state: BoardState) -> str:
     fresh = "-" if state.freshness_p50_ms is None else duration(state.freshness_p50_ms / 1000)
     what = "trade → visible" if state.live else "read → visible"
-    return f"Spark batch {state.batch_ms} ms · freshness p50 {fresh} ({what})"
+    engine = "Spark Real-Time Mode" if state.realtime else f"Spark batch {state.batch_ms} ms"
+    return f"{engine} · freshness p50 {fresh} ({what})"
 
 
 def plain_line(state: BoardState, top: int = 3) -> str:
@@ -308,6 +311,7 @@ class Dashboard:
         if self._warnings is not None:
             self.state.warnings = self._warnings.count
         queries = self._run.queries
+        self.state.realtime = self._run.settings.realtime
         if queries is not None:
             self.state.batch_ms = int(queries.listener.last_batch_ms)
         service = self._producer()

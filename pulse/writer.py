@@ -82,6 +82,7 @@ class WriterStats:
     freshness: LatencyHistogram = field(default_factory=LatencyHistogram)
     last_freshness_ms: float = 0.0
     insert_ms: list[float] = field(default_factory=list)  # the newest thousand, for the benchmark
+    commit_ms: list[float] = field(default_factory=list)
     # Where freshness goes, per inserted window (the newest thousand): trade time -> the job's update
     # in Kafka (Spark's sink stamps the record), and that -> visible in ClickHouse.
     job_ms: list[float] = field(default_factory=list)
@@ -100,6 +101,7 @@ class StoreWriter:
         # Offsets inserted (and committed) per topic partition: what waits compare against.
         self.inserted: dict[tuple[str, int], int] = {}
         self.running = False
+        self._commit: asyncio.Future[None] | None = None
 
     async def run(self, bootstrap: str, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         kafka, writer = self._settings.kafka, self._settings.writer
@@ -121,6 +123,7 @@ class StoreWriter:
             # Stopping: what the job wrote before it stopped is still inserted.
             while await self._poll_once(consumer, writer.max_wait_ms, stop, draining=True):
                 pass
+            await self._committed()
         finally:
             self.running = False
             await consumer.stop()
@@ -137,10 +140,27 @@ class StoreWriter:
         rejects = [r.value for tp, rs in batches.items() if tp.topic != metrics_topic for r in rs if r.value]
         await self._insert_with_retry(updates, rejects, stop, draining)
         offsets = {tp: rs[-1].offset + 1 for tp, rs in batches.items() if rs}
+        # The commit runs while the next fetch waits (one in flight at a time, in order): a kill
+        # before it lands only means those rows are inserted again, which replaces them.
+        await self._committed()
+        self._commit = asyncio.ensure_future(self._commit_offsets(consumer, offsets))
+        if draining:
+            await self._committed()
+        return records
+
+    async def _commit_offsets(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        committing = time.perf_counter()
         await consumer.commit(offsets)
+        self.stats.commit_ms.append((time.perf_counter() - committing) * 1000)
+        del self.stats.commit_ms[:-1000]
         for tp, offset in offsets.items():
             self.inserted[(tp.topic, tp.partition)] = offset
-        return records
+
+    async def _committed(self) -> None:
+        """Wait for the commit in flight (raising what failed it)."""
+        if self._commit is not None:
+            commit, self._commit = self._commit, None
+            await commit
 
     async def _insert_with_retry(self, updates: list[tuple[bytes, int]], rejects: list[bytes], stop: asyncio.Event,
                                  draining: bool) -> None:

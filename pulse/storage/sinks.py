@@ -1,7 +1,7 @@
 """Where the Spark job's output lands: one small sink per ClickHouse table, each with `write(batch)`.
 
 A batch is an Arrow table whose columns are the table's (by name); the version column it carries
-(the Spark batch id) makes a replayed batch overwrite itself (ReplacingMergeTree) instead of adding.
+(a window's trade count) makes a replayed batch overwrite itself (ReplacingMergeTree) instead of adding.
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ def test_pulse_live_in_a_terminal_shows_the_dashboard_and_stops_cleanly_on_ctrl_
     rows = {symbol: _row_with_signal(screen, symbol) for symbol in symbols}
     assert all(rows.values()), f"both symbols with a signal on screen:\n{screen}"
     assert max(len(line) for line in screen.splitlines()) <= 80
-    assert "Spark batch" in screen and "freshness p50" in screen and "dead letters 0" in screen
+    assert "Spark Real-Time Mode" in screen and "freshness p50" in screen and "dead letters 0" in screen
     # The frames redrew in place: many distinct screens, and the title once per screen, not once per redraw.
     assert len(terminal.frames) > 5 and screen.count("Pulse live") == 1
     jvm_lines = [line for line in output.splitlines() if JVM_LINE.search(line)]

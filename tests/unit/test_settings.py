@@ -46,3 +46,27 @@ def test_the_package_carries_its_schema_and_recording():
     assert PulseSettings(_env_file=None).schema_dir == schema_dir()  # type: ignore[call-arg]
     assert sorted(p.name for p in schema_dir().glob("*.sql"))[0] == "01_pulse_metrics.sql"
     assert bundled_recording().stat().st_size > 1_000_000
+
+
+def test_real_time_mode_settings_are_checked_and_sized():
+    base = PulseSettings(_env_file=None)  # type: ignore[call-arg]
+    assert base.realtime and base.spark.state_store_provider == "rocksdb"
+    # Every task of both queries at once: 2 x 3 partitions + 1 shuffle partition.
+    assert (base.task_slots(), base.spark_master) == (7, "local[7]")
+    assert base.override(spark={"mode": "microbatch"}).spark_master == "local[2]"
+    assert base.override(spark={"master": "spark://h:7077"}).spark_master == "spark://h:7077"
+    with pytest.raises(ValidationError, match="RocksDB"):
+        base.override(spark={"state_store": "hdfs"})
+    with pytest.raises(ValidationError, match="max_offsets_per_trigger"):
+        base.override(spark={"max_offsets_per_trigger": 100})
+    assert base.override(spark={"mode": "microbatch", "max_offsets_per_trigger": 100}).spark.max_offsets_per_trigger
+
+
+def test_runs_that_await_their_end_use_short_batches_and_health_waits_a_batch():
+    base = PulseSettings(_env_file=None)  # type: ignore[call-arg]
+    assert base.spark.realtime_batch_s == 60.0
+    assert base.short_batches().spark.realtime_batch_s == 5.0
+    assert base.override(spark={"realtime_batch_s": 2.0}).short_batches().spark.realtime_batch_s == 2.0
+    # Real-Time Mode reports progress only at a batch end: /health allows a whole batch more.
+    assert base.health_stale_after_s == base.spark.health_stale_s + 60.0
+    assert base.override(spark={"mode": "microbatch"}).health_stale_after_s == base.spark.health_stale_s

@@ -1,8 +1,8 @@
 -- One row per (symbol, 1-second window), as computed by the Spark job.
--- The job runs in update mode: a window is written again each time late trades change it, and a
--- micro-batch replayed after a crash writes the same rows again. ReplacingMergeTree(version), with
--- version = Spark batch id, keeps the newest write of each window, which is what makes the sink's
--- effect exactly-once. Read it through pulse_metrics_latest (or with FINAL) for one row per window.
+-- The job runs in update mode: a window is written again each time more of its trades arrive, and
+-- a batch replayed after a crash writes the same rows again. ReplacingMergeTree(version), with
+-- version = the window's trade count, keeps its fullest state whatever order the writes come in,
+-- which is what makes the sink's effect exactly-once. Read it through pulse_metrics_latest (or with FINAL) for one row per window.
 CREATE TABLE IF NOT EXISTS pulse_metrics
 (
     symbol                 LowCardinality(String),
