@@ -16,7 +16,8 @@ start to the insert that made the last trade visible. Each run also reports wher
 
 Run: `make bench-processor` (python -m bench.processor_bench [--json]); BENCH_SECONDS (20) and
 BENCH_BACKLOG (300000) size it, BENCH_PARTITIONS (3) sets the topic's partitions, BENCH_WARMUP_SECONDS
-(BENCH_SECONDS) the unmeasured first run. With --json the last line is
+(BENCH_SECONDS) the unmeasured first run, BENCH_RTM_BATCHES (e.g. "5,30") extra runs of the default
+job with other Real-Time Mode batch lengths. With --json the last line is
 {"mode", "freshness_ms": {"pulse", "microbatch", "seed_style": {"p50", "p99"}}, "freshness_ms_10k": {"pulse": {...}},
 "offered_per_s": 1000, "backlog_trades_per_s"}.
 Benchmarks report; they never assert on time.
@@ -363,6 +364,14 @@ def main() -> None:
             r = results[name] = run(base, bootstrap, rate, int(rate * seconds), job)
             lines.append(f"| {labels[job]} | {rate:,} | {r['trades']:,.0f} | {r['p50']:.0f} | {r['p99']:.0f}"
                          f" | {r['max']:.0f} |")
+            print(lines[-1], flush=True)
+        # Optional: the default job again with other Real-Time Mode batch lengths (a batch end stalls
+        # the stream, so its length shows in the tail), e.g. BENCH_RTM_BATCHES=5,30.
+        for batch_s in [float(b) for b in os.environ.get("BENCH_RTM_BATCHES", "").split(",") if b.strip()]:
+            r = results[f"pulse_batch_{batch_s:g}s"] = run(base.override(spark={"realtime_batch_s": batch_s}),
+                                                            bootstrap, 1_000, int(1_000 * seconds), "pulse")
+            lines.append(f"| pulse (Real-Time Mode, {batch_s:g} s batches) | 1,000 | {r['trades']:,.0f} |"
+                         f" {r['p50']:.0f} | {r['p99']:.0f} | {r['max']:.0f} |")
             print(lines[-1], flush=True)
         r = results["backlog"] = run(base, bootstrap, None, backlog, "pulse", earliest=True)
         lines.append(f"\nbacklog of {backlog:,} trades read from earliest: {r['rate']:,.0f} trades/s processed")
