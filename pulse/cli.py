@@ -23,6 +23,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from aiokafka.errors import KafkaError
+from pydantic import ValidationError
+
+from pulse.errors import PulseError, Unavailable, UsageError, first_line
 from pulse.settings import PulseSettings
 
 if TYPE_CHECKING:
@@ -30,14 +34,6 @@ if TYPE_CHECKING:
     from pulse.source.base import Source
 
 log = logging.getLogger(__name__)
-
-
-class UsageError(Exception):
-    """A command line that cannot work as given: exit 2 with one line saying what to change."""
-
-
-class Unavailable(Exception):
-    """Something the command needs is missing or unreachable (Java, the jars, Kafka): exit 1."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -453,63 +449,29 @@ def _run_store(args: argparse.Namespace, settings: PulseSettings) -> int:
 
 # -- errors as one line ----------------------------------------------------------------------------
 
-class _Failed(Exception):
+class _Failed(PulseError):
     """The run ended and produced nothing; the summary above says why, this line sums it up."""
 
 
-def _loaded(module: str, name: str) -> type[BaseException] | None:
-    """An exception class of `module` if the module was imported (an error cannot come from one that was not)."""
-    found = getattr(sys.modules.get(module), name, None)
-    return found if isinstance(found, type) and issubclass(found, BaseException) else None
+def explain(error: BaseException, settings: PulseSettings | None) -> tuple[int, str]:
+    """Exit code and the one line for an error a user can cause; anything else is 'unexpected'.
 
-
-def _is(error: BaseException, module: str, name: str) -> bool:
-    kind = _loaded(module, name)
-    return kind is not None and isinstance(error, kind)
-
-
-def _first_line(error: BaseException, limit: int = 300) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    text = text.split(" Expected one of:")[0]  # ClickHouse lists every token it would have taken
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
-def explain(error: BaseException, settings: PulseSettings | None) -> tuple[int, str]:  # noqa: PLR0911 - one per kind
-    """Exit code and the one line for an error a user can cause; anything else is 'unexpected'."""
+    Pulse's own errors carry both (pulse.errors). The rest are other libraries' errors that reach
+    here unwrapped: a setting pydantic refused, Kafka's client giving up, a missing file.
+    """
     logs = settings.data_dir / "logs" if settings is not None else Path("logs")
-    if isinstance(error, UsageError):
-        return 2, str(error)
-    if isinstance(error, (Unavailable, _Failed)):
-        return 1, str(error)
-    if _is(error, "pydantic", "ValidationError"):
-        first = error.errors()[0]  # type: ignore[attr-defined]
+    if isinstance(error, PulseError):
+        return error.exit_code, error.line(logs)
+    if isinstance(error, ValidationError):
+        first = error.errors()[0]
         name = "PULSE_" + "__".join(str(part) for part in first["loc"]).upper()
         return 2, f"invalid setting {name}: {first['msg']}; check the environment and .env"
-    if _is(error, "pulse.source.binance.live", "UnknownSymbols") or _is(error, "pulse.source.replay",
-                                                                           "ReplayFormatError"):
-        return 2, str(error)
-    if _is(error, "pulse.source.binance.rest", "BinanceRefused"):
-        return 1, str(error)
-    if _is(error, "pulse.live", "StreamRefused") or _is(error, "pulse.live", "StreamUnreachable"):
-        return 1, str(error)
-    if _is(error, "pulse.source.binance.rest", "RestError"):
-        return 1, (f"Binance's REST API did not answer as expected ({_first_line(error)}): check the network"
-                   " (or PULSE_PRODUCER__REST_BASE_URL)")
-    if _is(error, "pulse.broker.local_kafka", "KafkaStartError"):
-        return 1, f"the Kafka broker did not start: {_first_line(error)}"
-    if _is(error, "aiokafka.errors", "KafkaError"):
-        return 1, f"Kafka failed: {_first_line(error)}; is the broker running and reachable?"
-    if type(error).__name__ == "ChdbError":
-        return 1, f"ClickHouse refused the query: {_first_line(error)}"
-    if _is(error, "clickhouse_connect.driver.exceptions", "Error"):
-        return 1, f"ClickHouse (HTTP) failed: {_first_line(error)}; check PULSE_CLICKHOUSE__* settings"
-    if isinstance(error, RuntimeError) and str(error).startswith("streaming query"):
-        return 1, f"the Spark job failed: {_first_line(error)}; Spark's log: {logs / 'spark.log'}"
-    if _is(error, "pyspark.errors", "PySparkException"):
-        return 1, f"Spark failed to start: {_first_line(error)}; see {logs / 'spark-jvm.log'}"
+    if isinstance(error, KafkaError):
+        what = first_line(str(error)) or type(error).__name__
+        return 1, f"Kafka failed: {what}; is the broker running and reachable?"
     if isinstance(error, OSError) and error.filename:
         return 1, f"{error.strerror or error}: {error.filename}"
-    return 1, (f"unexpected error: {type(error).__name__}: {_first_line(error)} (details in {logs / 'pulse.log'};"
+    return 1, (f"unexpected error: {type(error).__name__}: {first_line(str(error))} (details in {logs / 'pulse.log'};"
                " --debug prints the traceback)")
 
 

@@ -19,6 +19,7 @@ import time
 
 from pulse.dashboard import Dashboard, WarningCount
 from pulse.demo import RunSummary, Say, summary_of
+from pulse.errors import Unavailable
 from pulse.pipeline import Background, Pipeline
 from pulse.settings import PulseSettings
 from pulse.source.base import now_ms
@@ -28,11 +29,11 @@ from pulse.source.binance.live import BinanceSource
 _UNREACHABLE_AFTER = 3
 
 
-class StreamRefused(RuntimeError):
+class StreamRefused(Unavailable, RuntimeError):
     """Binance answered the handshake with a refusal before any connection opened."""
 
 
-class StreamUnreachable(RuntimeError):
+class StreamUnreachable(Unavailable, RuntimeError):
     """No connection to Binance's stream opened after several attempts."""
 
 

@@ -29,6 +29,8 @@ from types import TracebackType
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, for_code
 
+from pulse.errors import PulseError, first_line
+
 _PR_SET_PDEATHSIG = 1
 # CreateTopics answers per topic; these codes mean the topic is there, as wanted.
 _NO_ERROR, _TOPIC_ALREADY_EXISTS = 0, 36
@@ -53,8 +55,11 @@ def _port_open(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-class KafkaStartError(RuntimeError):
-    pass
+class KafkaStartError(PulseError, RuntimeError):
+    """The embedded broker (or the topics Pulse needs) could not be set up."""
+
+    def line(self, logs: Path) -> str:
+        return f"the Kafka broker did not start: {first_line(str(self))}"
 
 
 class _Node:

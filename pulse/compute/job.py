@@ -40,6 +40,7 @@ from pulse.compute.columns import (
 )
 from pulse.compute.progress import batch_watermark_ms, health_row, job_health, kafka_offsets, now_ms
 from pulse.compute.stamps import stamp_metrics, stamp_rejects
+from pulse.errors import JobFailed
 from pulse.settings import PulseSettings
 from pulse.storage.sinks import PulseSinks
 
@@ -222,15 +223,15 @@ class PulseQueries:
                 continue
             if "CONCURRENT_SCHEDULER_INSUFFICIENT_SLOT" in str(error):
                 # Spark's documented error class: Real-Time Mode runs all its tasks at once.
-                raise RuntimeError(f"streaming query {query.name} needs more task slots than the cluster offers: "
+                raise JobFailed(f"streaming query {query.name} needs more task slots than the cluster offers: "
                                    f"give it 2 x partitions + shuffle partitions per job (docs/scaling.md) "
                                    f"or set PULSE_SPARK__MODE=microbatch; Spark said: {error}")
             if "ExecutorLostFailure" in str(error):
                 # Spark's failure reason for a lost executor: RTM fails the query rather than retry.
-                raise RuntimeError(f"streaming query {query.name} lost an executor (Real-Time Mode does not retry its "
+                raise JobFailed(f"streaming query {query.name} lost an executor (Real-Time Mode does not retry its "
                                    f"tasks): start the job again once the cluster has its task slots; it resumes "
                                    f"from its checkpoint (docs/scaling.md). Spark said: {error}")
-            raise RuntimeError(f"streaming query {query.name} failed: {error}")
+            raise JobFailed(f"streaming query {query.name} failed: {error}")
 
     def health(self, stale_after_s: float) -> dict[str, Any]:
         return job_health(self.all(), self.listener.last_progress_at, stale_after_s, time.monotonic())

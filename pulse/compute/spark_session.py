@@ -20,8 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pyspark import SparkContext
+from pyspark.errors import PySparkException
 from pyspark.sql import SparkSession
 
+from pulse.errors import SparkStartFailed
 from pulse.settings import PulseSettings
 
 # log4j2 for the driver (local mode runs the executors in it too). WARN keeps the file readable;
@@ -126,11 +128,20 @@ def build_spark_session(settings: PulseSettings) -> SparkSession:
     )
     for key, value in extra.items():
         builder = builder.config(key, value)
-    with _own_sigint():
+    with _own_sigint(), _start_failures():
         if SparkContext._gateway is not None:  # the JVM runs already (a shared session): nothing is launched
             return builder.getOrCreate()
         with _jvm_launch(data_dir / "spark-work", logs_dir(settings) / "spark-jvm.log"):
             return builder.getOrCreate()
+
+
+@contextlib.contextmanager
+def _start_failures() -> Iterator[None]:
+    """PySpark's own error at start (the JVM did not come up, a setting it refused) as SparkStartFailed."""
+    try:
+        yield
+    except PySparkException as error:
+        raise SparkStartFailed(str(error)) from error
 
 
 @contextlib.contextmanager

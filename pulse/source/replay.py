@@ -23,6 +23,7 @@ from pathlib import Path
 
 import orjson
 
+from pulse.errors import UsageError
 from pulse.source.base import FrameDecoder, LocalSource, Output
 from pulse.telemetry import Telemetry
 
@@ -46,8 +47,8 @@ class ReplayStats:
     skipped_lines: int = 0
 
 
-class ReplayFormatError(ValueError):
-    pass
+class ReplayFormatError(UsageError, ValueError):
+    """A recording Pulse cannot read as given (its format, or a symbol it needs): exit 2."""
 
 
 def _csv_row_to_frame(fields: list[str], symbol: str) -> RawFrame:

@@ -9,14 +9,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pulse.errors import StoreError
 from pulse.settings import ClickHouseSettings
 
 # ClickHouse's guidance for many small inserts: let the server buffer and merge them into parts,
@@ -85,6 +89,18 @@ def json_each_row(data: pa.Table) -> str | None:
     return "\n".join(json.dumps(dict(zip(names, row, strict=True))) for row in zip(*columns.values(), strict=True))
 
 
+def _raising_store_errors(kind: type[BaseException] | tuple[type[BaseException], ...],
+                          over_http: bool) -> Callable[[], AbstractContextManager[None]]:
+    """A context manager factory turning the engine's or client's own error into a StoreError."""
+    @contextlib.contextmanager
+    def refused() -> Iterator[None]:
+        try:
+            yield
+        except kind as error:
+            raise StoreError(str(error), over_http) from error
+    return refused
+
+
 class ChdbEngine:
     """The in-process ClickHouse engine over one store directory.
 
@@ -96,12 +112,15 @@ class ChdbEngine:
     _open: dict[Path, ChdbEngine] = {}  # noqa: RUF012 - process-wide registry by design
 
     def __init__(self, path: Path) -> None:
-        from chdb import session  # noqa: PLC0415 - heavy import only when the engine is used
+        from chdb import ChdbError, session  # noqa: PLC0415 - heavy import only when the engine is used
 
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._session = session.Session(str(path))
         self.lock = threading.Lock()
+        # chDB 26.9's session raises chdb._exceptions.ChdbError, a RuntimeError that is not the
+        # chdb.ChdbError the package exports: both are the engine refusing a statement.
+        self._refused = _raising_store_errors((ChdbError, RuntimeError), over_http=False)
 
     @classmethod
     def is_open(cls, path: Path) -> bool:
@@ -115,18 +134,18 @@ class ChdbEngine:
         return cls._open[key]
 
     def query(self, sql: str, database: str, fmt: str = "CSV") -> object:
-        with self.lock:
+        with self.lock, self._refused():
             self._session.query(f"USE {quote_identifier(database)}")
             return self._session.query(sql, fmt)
 
     def insert_arrow(self, sql: str, arrow_batch: pa.Table) -> None:
         # chDB's Python() table function finds the Arrow table by its variable name in this frame.
-        with self.lock:
+        with self.lock, self._refused():
             self._session.query(sql.replace("{source}", "Python(arrow_batch)"))
 
     def execute(self, sql: str) -> None:
         """A statement that names its database itself (no USE first)."""
-        with self.lock:
+        with self.lock, self._refused():
             self._session.query(sql)
 
     def close(self) -> None:
@@ -180,9 +199,16 @@ class ChdbTransport:
 class HttpTransport:
     def __init__(self, settings: ClickHouseSettings) -> None:
         import clickhouse_connect  # noqa: PLC0415
+        from clickhouse_connect.driver.exceptions import Error  # noqa: PLC0415
 
         self.database = settings.database
-        self._client = clickhouse_connect.get_client(
+        self._refused = _raising_store_errors(Error, over_http=True)
+        with self._refused():
+            self._client = self._connect(clickhouse_connect, settings)
+
+    @staticmethod
+    def _connect(clickhouse_connect: Any, settings: ClickHouseSettings) -> Any:
+        return clickhouse_connect.get_client(
             host=settings.host, port=settings.port, username=settings.username,
             password=settings.password.get_secret_value(), database=settings.database,
             secure=settings.secure, settings=ASYNC_INSERT_SETTINGS,
@@ -192,19 +218,23 @@ class HttpTransport:
         )
 
     def command(self, sql: str) -> None:
-        self._client.command(sql)
+        with self._refused():
+            self._client.command(sql)
 
     def insert_arrow(self, table: str, data: pa.Table) -> None:
         if data.num_rows == 0:
             return
-        self._client.insert_arrow(table, data, database=self.database, settings=ASYNC_INSERT_SETTINGS)
+        with self._refused():
+            self._client.insert_arrow(table, data, database=self.database, settings=ASYNC_INSERT_SETTINGS)
 
     def query_arrow(self, sql: str) -> pa.Table:
-        table: pa.Table = self._client.query_arrow(sql)
+        with self._refused():
+            table: pa.Table = self._client.query_arrow(sql)
         return table
 
     def query_text(self, sql: str, fmt: str = "PrettyCompactMonoBlock") -> str:
-        return str(self._client.raw_query(f"{sql} FORMAT {fmt}").decode())
+        with self._refused():
+            return str(self._client.raw_query(f"{sql} FORMAT {fmt}").decode())
 
     def close(self) -> None:
         self._client.close()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from pulse.errors import UsageError
 from pulse.model import Gap, GapEvent, Trade
 from pulse.settings import ProducerSettings
 from pulse.source.base import FrameDecoder, Output, now_ms
@@ -147,7 +148,7 @@ def shards(symbols: Sequence[str], size: int = MAX_STREAMS_PER_CONNECTION) -> li
 ALL_SYMBOLS = "ALL"
 
 
-class UnknownSymbols(ValueError):
+class UnknownSymbols(UsageError, ValueError):
     """Symbols the market does not list, or lists as not trading: nothing would ever arrive for them."""
 
 

@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import aiohttp
 import msgspec
 
+from pulse.errors import Unavailable, first_line
 from pulse.source.binance.markets import Market
 from pulse.source.binance.wire import BinanceAggTrade, InvalidFrame, decode_rest_page, is_symbol
 from pulse.source.binance.ws import REFUSAL_HINTS
@@ -28,8 +30,12 @@ _RATE_LIMITED = (429, 418)
 _MAX_ATTEMPTS = 4
 
 
-class RestError(RuntimeError):
+class RestError(Unavailable, RuntimeError):
     """A REST call failed for good (HTTP status, bad payload, attempts exhausted)."""
+
+    def line(self, logs: Path) -> str:
+        return (f"Binance's REST API did not answer as expected ({first_line(str(self))}): check the network"
+                " (or PULSE_PRODUCER__REST_BASE_URL)")
 
 
 class BinanceRefused(RestError):
@@ -40,6 +46,9 @@ class BinanceRefused(RestError):
         self.status = status
         self.hint = REFUSAL_HINTS.get(status, f"Binance refused the request (HTTP {status})")
         super().__init__(self.hint)
+
+    def line(self, logs: Path) -> str:
+        return self.hint
 
 
 _REFUSED = (451, 403)
