@@ -31,7 +31,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from pulse.storage.clickhouse import ClickHouseTransport
+from pulse.storage.results import Results
 
 if TYPE_CHECKING:
     from pulse.pipeline import Pipeline
@@ -46,14 +46,6 @@ SIGNAL_STYLES = {"STRONG BUY": "bold green", "ACCUMULATING": "green", "NEUTRAL":
 _SETTLED_AFTER_MS = 120_000
 _RATE_SPAN_S = 5.0
 _FRESHNESS_SPAN_S = 30.0
-
-_NEW_WINDOWS_SQL = """
-SELECT symbol, toUnixTimestamp64Milli(window_start) AS ws, close, vwap, net_delta, buy_pressure_pct AS buy,
-       signal, avg_write_latency_ms AS write_ms, avg_ingest_latency_ms AS ingest_ms,
-       toUnixTimestamp64Milli(written_at) AS written_ms
-FROM pulse_metrics WHERE written_at > fromUnixTimestamp64Milli(toInt64({since_ms})) ORDER BY written_at, version
-"""
-
 
 class WarningCount(logging.Handler):
     """Counts the warnings Pulse logged (to the file at `path`), for one line in the footer instead of many."""
@@ -260,7 +252,7 @@ class Dashboard:
                  period_s: float = 0.5, plain_period_s: float = 5.0, symbols: list[str] | None = None,
                  warnings: WarningCount | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self._run = run
-        self._transport: ClickHouseTransport = run.store()
+        self._results = Results(run.store())
         self.state = BoardState(title=title, live=live)
         for name in symbols or []:
             self.state.symbol(name)
@@ -283,9 +275,7 @@ class Dashboard:
         self.frames = 0
 
     def _newest_written_ms(self) -> int:
-        row = self._transport.query_arrow(
-            "SELECT count() AS n, toUnixTimestamp64Milli(max(written_at)) AS ms FROM pulse_metrics").to_pylist()[0]
-        return int(row["ms"]) if int(row["n"]) else 0
+        return self._results.newest_written_ms()
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -296,7 +286,7 @@ class Dashboard:
     def poll(self) -> None:
         """One look at the store and the producer; updates `state`."""
         now = self._clock()
-        rows = self._transport.query_arrow(_NEW_WINDOWS_SQL.format(since_ms=self._seen_ms)).to_pylist()
+        rows = self._results.windows_written_after(self._seen_ms)
         for row in rows:
             self.state.symbol(str(row["symbol"])).apply(row, now)
             latency = float(row["write_ms"]) if self.state.live else float(row["write_ms"]) - float(row["ingest_ms"])

@@ -21,7 +21,8 @@ from pulse.producer import ProducerService
 from pulse.resources import bundled_recording
 from pulse.settings import PulseSettings
 from pulse.source.replay import ReplaySource
-from pulse.storage.clickhouse import ClickHouseTransport
+from pulse.storage.clickhouse import ClickHouseTransport, store_address
+from pulse.storage.results import Results
 
 BUNDLED_RECORDING = bundled_recording()
 
@@ -105,16 +106,8 @@ DemoSummary = RunSummary
 
 def summarize(transport: ClickHouseTransport, since_ms: int = 0) -> tuple[dict[str, int], dict[str, int], int]:
     """Windows by symbol and by signal, and rejects, written after `since_ms` (this run's)."""
-    where = f"WHERE written_at > fromUnixTimestamp64Milli(toInt64({int(since_ms)}))"
-    by_symbol = transport.query_arrow(
-        f"SELECT symbol, count() AS windows FROM pulse_metrics FINAL {where} GROUP BY symbol").to_pylist()
-    signals = transport.query_arrow(
-        f"SELECT signal, count() AS windows FROM pulse_metrics FINAL {where} GROUP BY signal").to_pylist()
-    rejects = transport.query_arrow(
-        "SELECT count() AS n FROM pulse_rejects FINAL"
-        f" WHERE rejected_at > fromUnixTimestamp64Milli(toInt64({int(since_ms)}))").to_pylist()[0]["n"]
-    return ({r["symbol"]: r["windows"] for r in by_symbol}, {r["signal"]: r["windows"] for r in signals},
-            int(rejects))
+    results = Results(transport)
+    return results.windows_by_symbol(since_ms), results.windows_by_signal(since_ms), results.rejects(since_ms)
 
 
 def summary_of(run: Pipeline, service: ProducerService, kind: str, source: str, started: float,
@@ -122,9 +115,8 @@ def summary_of(run: Pipeline, service: ProducerService, kind: str, source: str, 
     """Stop the queries and sum up what the run did, producer and store alike."""
     transport = run.store()
     run.stop_job()
-    if run.settings.clickhouse.transport == "chdb":
-        # Merge every window's versions now, so the table itself holds one row per window.
-        transport.command("OPTIMIZE TABLE pulse_metrics FINAL")
+    if transport.local:  # a server merges in its own time; a local store is read right after the run
+        Results(transport).merge_versions()
     by_symbol, signals, rejects = summarize(transport, since_ms)
     router = service.router
     snapshot = service.snapshot()
@@ -152,9 +144,12 @@ def run_demo(settings: PulseSettings, input_path: Path, symbol: str | None, spee
     pace = "as fast as possible" if speed is None else f"{speed:g}x the recorded pace"
     with Pipeline(settings) as run:
         run.reset()
-        say(f"[1/5] starting the Kafka broker (KRaft, single node) under {settings.data_dir / 'kafka'}")
+        kafka = settings.kafka.bootstrap_servers
+        say(f"[1/5] using Kafka at {kafka}" if kafka else
+            f"[1/5] starting the Kafka broker (KRaft, single node) under {settings.data_dir / 'kafka'}")
         run.create_topics()
-        say(f"[2/5] opening ClickHouse (chDB) at {settings.chdb_path} and creating the schema")
+        ch = settings.clickhouse
+        say(f"[2/5] opening ClickHouse ({ch.transport}) at {store_address(ch, settings.chdb_path)}")
         run.store()
         say("[3/5] starting Spark (local mode) with the Kafka connector; first start takes ~20s")
         run.start_job()

@@ -24,6 +24,7 @@ from pulse.pipeline import Background, Pipeline
 from pulse.settings import PulseSettings
 from pulse.source.base import now_ms
 from pulse.source.binance.live import BinanceSource
+from pulse.storage.clickhouse import store_address
 
 # Connection attempts that failed before any succeeded: then the network, not luck, is the problem.
 _UNREACHABLE_AFTER = 3
@@ -94,8 +95,7 @@ def run_live(settings: PulseSettings, say: Say, stop: threading.Event, dashboard
             f"[1/4] starting the Kafka broker (KRaft, single node) under {settings.data_dir / 'kafka'}")
         run.create_topics()
         ch = settings.clickhouse
-        say(f"[2/4] opening ClickHouse ({ch.transport}) at "
-            f"{settings.chdb_path if ch.transport == 'chdb' else f'{ch.host}:{ch.port}'}")
+        say(f"[2/4] opening ClickHouse ({ch.transport}) at {store_address(ch, settings.chdb_path)}")
         run.store()
         # Before the job writes anything: the view (and the summary) count this run's windows only.
         view = Dashboard(run, f"Pulse live · Binance {market.title} · {symbols} symbols", live=True,

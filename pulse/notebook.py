@@ -19,6 +19,7 @@ from pulse.resources import bundled_recording
 from pulse.settings import PulseSettings, SignalSettings
 from pulse.source.replay import ReplaySource
 from pulse.storage.clickhouse import ClickHouseTransport
+from pulse.storage.results import Results
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -27,15 +28,6 @@ if TYPE_CHECKING:
 
 # pandas ships no annotations; frames are passed through as Any.
 DataFrame = Any
-
-NEWEST_WINDOWS_SQL = """
-SELECT symbol, window_start, trade_count, expected_trade_count, avg_price_1_sec, vwap, net_delta,
-       buy_pressure_pct, signal, open, high, low, close, max_write_latency_ms
-FROM pulse_metrics_latest
-WHERE symbol = {symbol}
-ORDER BY window_start DESC
-LIMIT {limit}
-"""
 
 # Dead bands to sweep: relative to the price (avg vs VWAP) and to the window's volume (buy vs sell).
 DEADBANDS = [(0.0, 0.0), (1e-5, 0.0), (5e-5, 0.0), (0.0, 0.1), (1e-5, 0.1), (5e-5, 0.1), (1e-4, 0.3)]
@@ -81,16 +73,12 @@ class PulseSession:
         return self.pipeline.caught_up()
 
     def symbols(self) -> list[str]:
-        rows = self.transport.query_arrow(
-            "SELECT symbol, sum(trade_count) AS trades FROM pulse_metrics_latest GROUP BY symbol ORDER BY trades DESC"
-        ).to_pylist()
-        return [str(row["symbol"]) for row in rows]
+        return Results(self.transport).symbols_by_trades()
 
     def newest_windows(self, symbol: str | None = None, limit: int = 30) -> DataFrame:
         """The newest `limit` one-second windows of `symbol` (default: the busiest), oldest first."""
         symbol = symbol or next(iter(self.symbols()), "")
-        sql = NEWEST_WINDOWS_SQL.format(symbol="'" + symbol.replace("'", "''") + "'", limit=int(limit))
-        frame: DataFrame = self.transport.query_arrow(sql).to_pandas()
+        frame: DataFrame = Results(self.transport).newest_windows(symbol, limit).to_pandas()
         return frame.sort_values("window_start").reset_index(drop=True)
 
     def live_view(self, seconds: float, refresh_s: float = 1.0, symbol: str | None = None, limit: int = 30,
@@ -121,12 +109,7 @@ class PulseSession:
 
     def signal_quality(self) -> DataFrame:
         """Hit rate and mean forward return per signal and horizon over this run (pulse_signal_quality)."""
-        frame: DataFrame = self.transport.query_arrow(
-            # All symbols together, each weighted by its windows; aliases differ from the view's columns.
-            "SELECT signal, horizon_s, sum(q.signals) AS windows,"
-            " round(sum(q.mean_return_bps * q.signals) / windows, 3) AS return_bps,"
-            " round(sum(q.hit_rate_pct * q.signals) / windows, 1) AS hit_pct"
-            " FROM pulse_signal_quality AS q GROUP BY signal, horizon_s ORDER BY signal, horizon_s").to_pandas()
+        frame: DataFrame = Results(self.transport).signal_quality().to_pandas()
         return frame
 
     def deadband_sweep(self, bands: list[tuple[float, float]] = DEADBANDS) -> DataFrame:
@@ -139,11 +122,7 @@ class PulseSession:
 
         from pulse.compute.columns import signal_column  # noqa: PLC0415
 
-        outcomes = self.transport.query_arrow(
-            "SELECT o.horizon_s AS horizon_s, o.close AS close, o.forward_price AS forward_price,"
-            " m.avg_price_1_sec AS avg_price, m.vwap AS vwap, m.buy_volume AS buy_volume, m.sell_volume AS sell_volume"
-            " FROM pulse_signal_outcomes AS o INNER JOIN pulse_metrics_latest AS m"
-            " ON o.symbol = m.symbol AND o.window_start = m.window_start").to_pandas()
+        outcomes = Results(self.transport).outcomes().to_pandas()
         spark = self.pipeline.spark_session()
         if outcomes.empty:
             return outcomes

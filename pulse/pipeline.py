@@ -29,7 +29,7 @@ from pulse.compute.progress import IdleTracker, caught_up, reached
 from pulse.producer import ProducerService
 from pulse.settings import PulseSettings
 from pulse.source.base import Source
-from pulse.storage.clickhouse import ChdbEngine, ChdbTransport, ClickHouseTransport, apply_schema, open_transport
+from pulse.storage.clickhouse import ChdbEngine, ClickHouseTransport, apply_schema, open_transport, store_address
 from pulse.storage.sinks import PulseSinks
 from pulse.telemetry import Telemetry, serve_in_thread, start_metrics_server
 from pulse.writer import StoreWriter
@@ -102,7 +102,7 @@ class Pipeline:
             folders.append(settings.data_dir / "kafka")
         for folder in folders:
             shutil.rmtree(folder, ignore_errors=True)
-        self._drop_database = settings.clickhouse.transport == "chdb"
+        self._drop_database = True  # a local store only: open_transport never drops a server's
 
     @property
     def bootstrap(self) -> str:
@@ -136,13 +136,12 @@ class Pipeline:
         """ClickHouse: the in-process chDB store under the data directory, or a server over HTTP."""
         if self._transport is None:
             ch = self.settings.clickhouse
-            self._owns_engine = ch.transport == "chdb" and not ChdbEngine.is_open(self.settings.chdb_path)
-            where = self.settings.chdb_path if ch.transport == "chdb" else f"{ch.host}:{ch.port}"
-            self._say(f"opening ClickHouse ({ch.transport}) at {where}, database {ch.database}")
-            self._transport = open_transport(ch, self.settings.chdb_path)
-            if isinstance(self._transport, ChdbTransport) and self._drop_database:
-                self._transport.recreate()
-            if ch.transport == "chdb" or ch.apply_schema:
+            was_open = ChdbEngine.is_open(self.settings.chdb_path)
+            self._say(f"opening ClickHouse ({ch.transport}) at {store_address(ch, self.settings.chdb_path)},"
+                      f" database {ch.database}")
+            self._transport = open_transport(ch, self.settings.chdb_path, fresh=self._drop_database)
+            self._owns_engine = self._transport.local and not was_open
+            if self._transport.local or ch.apply_schema:
                 apply_schema(self._transport, self.settings.schema_dir)
         return self._transport
 

@@ -35,6 +35,14 @@ ASYNC_INSERT_SETTINGS: dict[str, Any] = {
 class ClickHouseTransport(Protocol):
     database: str
 
+    # Where the store is (a folder, or host:port), and whether it is a local store this process
+    # owns (created with its schema, dropped on reset, merged at the end of a run).
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def local(self) -> bool: ...
+
     def command(self, sql: str) -> None: ...
 
     def insert_arrow(self, table: str, data: pa.Table) -> None: ...
@@ -155,8 +163,11 @@ class ChdbEngine:
 
 
 class ChdbTransport:
+    local = True
+
     def __init__(self, path: Path, database: str) -> None:
         self.database = database
+        self.address = str(path)
         self.engine = ChdbEngine.at(path)
         with self.engine.lock:
             self.engine._session.query(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)}")
@@ -197,11 +208,14 @@ class ChdbTransport:
 
 
 class HttpTransport:
+    local = False
+
     def __init__(self, settings: ClickHouseSettings) -> None:
         import clickhouse_connect  # noqa: PLC0415
         from clickhouse_connect.driver.exceptions import Error  # noqa: PLC0415
 
         self.database = settings.database
+        self.address = store_address(settings, Path())
         self._refused = _raising_store_errors(Error, over_http=True)
         with self._refused():
             self._client = self._connect(clickhouse_connect, settings)
@@ -264,7 +278,17 @@ def apply_schema(transport: ClickHouseTransport, schema_dir: Path) -> None:
             transport.command(statement)
 
 
-def open_transport(settings: ClickHouseSettings, chdb_path: Path) -> ClickHouseTransport:
+def store_address(settings: ClickHouseSettings, chdb_path: Path) -> str:
+    """Where `settings` put the store: the chDB folder, or the server's host:port."""
+    return f"{settings.host}:{settings.port}" if settings.transport == "http" else str(chdb_path)
+
+
+def open_transport(settings: ClickHouseSettings, chdb_path: Path, fresh: bool = False) -> ClickHouseTransport:
+    """The store `settings` name. `fresh`: a local store's database starts empty (a server's is never
+    dropped)."""
     if settings.transport == "http":
         return HttpTransport(settings)
-    return ChdbTransport(chdb_path, settings.database)
+    transport = ChdbTransport(chdb_path, settings.database)
+    if fresh:
+        transport.recreate()
+    return transport
