@@ -1,9 +1,9 @@
 """The `pulse` command line: the one entry point that reads settings and passes them inward.
 
 It turns arguments into settings, checks what a user can get wrong before any JVM starts (files,
-symbols, Java and the jars, a named Kafka), chooses what to run, and turns what went wrong into
-one line on stderr saying what happened and what to do: exit 2 for usage, 1 for everything else,
-a traceback only with `--debug` (or PULSE_DEBUG=1). Heavy modules (Spark, chDB, rich) are imported
+symbols, Java and the jars, a named Kafka), chooses what to run, and prints what went wrong as
+one line on stderr: Pulse's errors carry their exit code and line (pulse.errors: 2 for usage, 1 for
+everything else), a traceback only with `--debug` (or PULSE_DEBUG=1). Heavy modules (Spark, chDB, rich) are imported
 by the handlers that need them only: the docker images run `pulse produce` and `pulse process`
 without some of them (tests/stack/test_images.py reads these imports).
 """

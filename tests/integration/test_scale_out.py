@@ -238,7 +238,10 @@ def test_worker_lost_under_real_time_mode_the_job_stops_with_one_line_and_a_rest
             process.kill()
             process.wait(timeout=30)
     last_line = log.read_text().strip().splitlines()[-1]
-    assert last_line.startswith("pulse process: ") and "resumes from its checkpoint" in last_line, last_line
+    # Spark reports the loss as the executor's (its tasks failed) or, when it replans first, as the
+    # slots it cannot find: either way one line saying what to do.
+    assert last_line.startswith("pulse process: "), last_line
+    assert "resumes from its checkpoint" in last_line or "needs more task slots" in last_line, last_line
     assert "Traceback" not in log.read_text()
 
     standalone.start_worker(cores=WORKER_CORES, index=0)
