@@ -30,7 +30,7 @@ class Unavailable(PulseError):
     """Something the command needs is missing or unreachable (Java, the jars, Kafka, the exchange)."""
 
 
-class StoreError(PulseError):
+class StoreError(PulseError, RuntimeError):
     """ClickHouse refused or failed a statement (chDB in-process, or a server over HTTP)."""
 
     def __init__(self, message: str, over_http: bool) -> None:

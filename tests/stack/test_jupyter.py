@@ -59,6 +59,10 @@ def container() -> Iterator[Path]:
     bin_dir.mkdir()
     (bin_dir / "jupyter").write_text(STAND_IN)
     (bin_dir / "jupyter").chmod(0o755)
+    # The image installs the entrypoint on PATH; a checkout under a root-only home would stop the
+    # adopted uid from reading it there, so the test runs a copy from the stand-in's bin.
+    shutil.copy(ENTRYPOINT, bin_dir / "pulse-jupyter-entrypoint")
+    (bin_dir / "pulse-jupyter-entrypoint").chmod(0o755)
     for name in ("passwd", "group"):
         shutil.copy(f"/etc/{name}", root / name)
     try:
@@ -71,7 +75,7 @@ def _start(root: Path, *, as_uid: int | None = None) -> dict[str, object]:
     home = root / "home" / "pulse"
     env = {"PATH": f"{root / 'bin'}:/usr/local/bin:/usr/bin:/bin", "PULSE_HOME_DIR": str(home),
            "PULSE_NOTEBOOKS_DIR": str(home / "notebooks"), "PULSE_DATA_DIR": str(home / ".pulse")}
-    start = [str(ENTRYPOINT), "jupyter", "lab", "--ip=0.0.0.0"]
+    start = [str(root / "bin" / "pulse-jupyter-entrypoint"), "jupyter", "lab", "--ip=0.0.0.0"]
     if as_uid is not None:  # `user:` in compose: the container starts as that user, HOME set by Docker
         start = ["setpriv", f"--reuid={as_uid}", f"--regid={as_uid}", "--clear-groups", *start]
         env["HOME"] = str(home)
