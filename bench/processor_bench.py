@@ -1,7 +1,7 @@
 """Processor freshness and throughput: trade time T -> its window visible in ClickHouse.
 
 In one process: the embedded Kafka broker, the Spark session and chDB, all through
-`pulse.pipeline.Pipeline`. A generator in a process of its own publishes trades stamped T = now
+`pulse.runtime`. A generator in a process of its own publishes trades stamped T = now
 at a fixed rate; a thin wrapper around the metrics sink records when each insert returned (the
 rows are visible from then on) and the trade count it carried per window. Trade k of a window is
 visible at the first insert whose count for that window is >= k; freshness = that time - T.
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -45,9 +46,9 @@ import orjson
 import pyarrow as pa
 from aiokafka import AIOKafkaProducer
 
-from pulse.pipeline import Pipeline
+from pulse.runtime import Plan, Runtime, Until
 from pulse.settings import PulseSettings
-from pulse.storage.clickhouse import ClickHouseTransport
+from pulse.storage.clickhouse import ClickHouseTransport, apply_schema, open_transport
 from pulse.storage.sinks import PulseSinks, Sink
 
 
@@ -176,7 +177,7 @@ def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else float("nan")
 
 
-def seed_style_job(pipeline: Pipeline, sink: VisibleAt) -> Any:
+def seed_style_job(settings: PulseSettings, bootstrap: str, sink: VisibleAt) -> Any:
     """The seed notebook's job shape on Pulse's columns: append mode, 2 s watermark, default trigger."""
     from pulse.compute.columns import (  # noqa: PLC0415
         parse_messages,
@@ -185,11 +186,12 @@ def seed_style_job(pipeline: Pipeline, sink: VisibleAt) -> Any:
         window_metrics_columns,
     )
     from pulse.compute.job import read_kafka  # noqa: PLC0415
+    from pulse.compute.spark_session import build_spark_session  # noqa: PLC0415
     from pulse.compute.stamps import stamp_metrics  # noqa: PLC0415
 
-    settings, spark = pipeline.settings, pipeline.spark_session()
+    spark = build_spark_session(settings)  # the session the benchmark started, shared
     windows = window_metrics_columns(window_aggregates(
-        valid_trades(parse_messages(read_kafka(spark, settings, pipeline.bootstrap))).withWatermark(
+        valid_trades(parse_messages(read_kafka(spark, settings, bootstrap))).withWatermark(
             "trade_time", "2 seconds")), settings.signal)
 
     def write(batch: Any, batch_id: int) -> None:
@@ -248,33 +250,33 @@ def run(base: PulseSettings, bootstrap: str, rate: float | None, count: int, job
         return PulseSinks(metrics=recorders[-1], rejects=clickhouse.rejects, health=clickhouse.health)
 
     times: list[int] = []
-    with Pipeline(settings, sinks=sinks) as pipeline:
-        pipeline.create_topics()
+    with Runtime(Plan(settings, compute=job != "seed", sinks=sinks, finish_s=600)).start() as runtime, \
+            contextlib.ExitStack() as own:
         if earliest:
             times = publish_elsewhere(bootstrap, topic, None, count)
         listener = None
         if job == "seed":
-            sinks(pipeline.store())
-            queries = [seed_style_job(pipeline, recorders[-1])]
+            # The peer's job is not Pulse's: the benchmark starts it on the shared session and store.
+            store = open_transport(settings.clickhouse, settings.chdb_path)
+            own.callback(store.close)
+            apply_schema(store, settings.schema_dir)
+            sinks(store)
+            queries = [seed_style_job(settings, bootstrap, recorders[-1])]
         else:
-            pulse_queries = pipeline.start_job()
-            queries, listener = pulse_queries.all(), pulse_queries.listener
+            assert runtime.queries is not None
+            queries, listener = runtime.queries.all(), runtime.queries.listener
 
         def idle(idle_s: float, timeout_s: float) -> None:
             if job == "seed":
                 _wait_idle(queries, idle_s, timeout_s)
-            else:
-                pipeline.wait_idle(idle_s, timeout_s=timeout_s, poll_s=0.1)
+            elif runtime.wait(Until.IDLE, timeout_s=timeout_s, idle_s=idle_s) != Until.IDLE:
+                raise TimeoutError(f"the job did not go idle within {timeout_s:.0f} s")
 
         def until(visible: Callable[[], bool], timeout_s: float) -> None:
             """Real-Time Mode: until the trades are visible. Its batches end once a minute, so waiting
             for Spark to report the end (idle) would measure the batch length, not the job."""
-            deadline = time.monotonic() + timeout_s
-            while not visible():
-                pipeline.raise_if_writer_failed()
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the job did not make every trade visible")
-                time.sleep(0.05)
+            if runtime.wait(visible, timeout_s=timeout_s) != "condition met":
+                raise TimeoutError("the job did not make every trade visible")
 
         def done(expected: dict[tuple[str, int], int], timeout_s: float) -> None:
             if mode == "realtime":
@@ -297,7 +299,7 @@ def run(base: PulseSettings, bootstrap: str, rate: float | None, count: int, job
         if job == "seed":
             asyncio.run(_push_watermark(bootstrap, topic))
         done(_expected_counts(times), 600)
-        breakdown = _durations(queries[:1], listener, pipeline.writer)
+        breakdown = _durations(queries[:1], listener, runtime.writer)
         for query in queries:
             query.stop()
     visible = recorders[0].visible
@@ -368,9 +370,11 @@ def main() -> None:
     results: dict[str, dict[str, Any]] = {}
     labels = {"pulse": f"pulse (Real-Time Mode, {base.spark.realtime_batch_s:g} s batches)",
               "microbatch": f"pulse micro-batch (trigger {base.spark.trigger_ms} ms)", "seed": "seed-style"}
-    # One broker and one Spark session for every run: the first pipeline starts them, the others share.
-    with Pipeline(base) as shared:
-        shared.spark_session()
+    # One broker and one Spark session for every run: started here, every run's runtime finds them.
+    from pulse.compute.spark_session import build_spark_session  # noqa: PLC0415
+
+    with Runtime(Plan(base)).start() as shared:
+        spark = build_spark_session(base)
         bootstrap = shared.bootstrap
         # A fresh JVM compiles as it goes: the first run would pay for it and flatter every later one.
         run(base, bootstrap, 1_000, int(1_000 * warmup), "pulse")
@@ -390,6 +394,7 @@ def main() -> None:
             print(lines[-1], flush=True)
         r = results["backlog"] = run(base, bootstrap, None, backlog, "pulse", earliest=True)
         lines.append(f"\nbacklog of {backlog:,} trades read from earliest: {r['rate']:,.0f} trades/s processed")
+        spark.stop()
     for peer in ("microbatch", "seed_style"):
         lines.append(f"\nPulse's lead over {peer} at 1k/s: {results[peer]['p50'] / results['pulse']['p50']:.1f}x (p50),"
                      f" {results[peer]['p99'] / results['pulse']['p99']:.1f}x (p99)")

@@ -31,8 +31,8 @@ from pulse.broker.kafka_publisher import KafkaPublisher, build_kafka_producer
 from pulse.broker.lanes import DropOldestQueue, OutboundRecord
 from pulse.broker.local_kafka import ensure_topics
 from pulse.model import encode_trade
-from pulse.pipeline import Pipeline
 from pulse.producer import Router
+from pulse.runtime import Plan, Runtime
 from pulse.settings import KafkaSettings, PulseSettings
 from pulse.source.base import FrameDecoder, now_ms
 from pulse.source.binance.wire import decode_frame, to_trade
@@ -223,8 +223,8 @@ def main() -> None:
     base = PulseSettings(_env_file=None)  # type: ignore[call-arg]
     with tempfile.TemporaryDirectory(prefix="pulse-bench-") as data_dir:
         settings = base.model_copy(update={"data_dir": Path(data_dir), "kafka": KafkaSettings(partitions=3)})
-        with Pipeline(settings) as pipeline:
-            results = asyncio.run(run(settings, pipeline.bootstrap, args.frames, args.seed_frames, args.seconds))
+        with Runtime(Plan(settings)).start() as broker:
+            results = asyncio.run(run(settings, broker.bootstrap, args.frames, args.seed_frames, args.seconds))
     ratio = results["pulse_msgs_s"] / results["seed_msgs_s"]
     producer = base.producer
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "

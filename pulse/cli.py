@@ -15,13 +15,12 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
 import socket
 import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
@@ -138,26 +137,6 @@ def _given(**values: object) -> dict[str, object]:
 
 def _say(message: str) -> None:
     print(message, flush=True)
-
-
-def _stop_on_signals(say_what: bool = True) -> threading.Event:
-    """SIGINT and SIGTERM ask the pipeline to stop; it then drains, flushes and releases everything.
-
-    A second Ctrl-C stops waiting: it interrupts whatever the main thread waits on, and the
-    pipeline is still stopped in order on the way out.
-    """
-    stop = threading.Event()
-
-    def request_stop(signum: int, _frame: object) -> None:
-        if stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        if say_what:
-            _say(f"received {signal.Signals(signum).name}: stopping")
-        stop.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    return stop
 
 
 # -- what a user can get wrong, checked before anything starts ------------------------------------
@@ -306,10 +285,10 @@ def _run_live(args: argparse.Namespace, settings: PulseSettings) -> int:
     _check_jvm(settings, broker=not kafka, spark=True)
     settings = _resolve_symbols(settings)
     from pulse.live import run_live  # noqa: PLC0415 - Spark, chDB and rich only for runs that compute
+    from pulse.runtime import stop_on_signals  # noqa: PLC0415
 
     warnings = _log_to_files(settings)
-    stop = _stop_on_signals(say_what=False)
-    summary = run_live(settings, _say, stop, dashboard=not args.no_live_view, warnings=warnings)
+    summary = run_live(settings, _say, stop_on_signals(), dashboard=not args.no_live_view, warnings=warnings)
     _say(summary.render())
     if summary.problem is not None:
         raise _Failed(summary.problem)
@@ -332,7 +311,7 @@ def _source(args: argparse.Namespace, settings: PulseSettings) -> Source:
 
 
 def _run_produce(args: argparse.Namespace, settings: PulseSettings) -> int:
-    from pulse.pipeline import Pipeline  # noqa: PLC0415
+    from pulse.runtime import Plan, Until, run, stop_on_signals  # noqa: PLC0415
     from pulse.telemetry import configure_json_logging  # noqa: PLC0415
 
     settings = settings.override(
@@ -347,9 +326,9 @@ def _run_produce(args: argparse.Namespace, settings: PulseSettings) -> int:
     else:
         _check_jvm(settings, broker=True, spark=False)
     configure_json_logging()
-    stop = _stop_on_signals()
-    with Pipeline(settings) as run:
-        service = run.produce(source, stop)
+    outcome = run(Plan(settings, source, until=Until.SOURCE_ENDED), stop=stop_on_signals(_say))
+    service = outcome.producer
+    assert service is not None
     router = service.router
     _say(f"stopped: {router.trades} trades, {router.invalid} invalid, {service.published} published, "
          f"{sum(service.queue.dropped.values())} dropped")
@@ -393,7 +372,7 @@ def _run_sql(args: argparse.Namespace, settings: PulseSettings) -> int:
 
 
 def _run_process(args: argparse.Namespace, settings: PulseSettings) -> int:
-    from pulse.pipeline import Pipeline  # noqa: PLC0415 - keeps `pulse sql` light
+    from pulse.runtime import Lines, Plan, Running, Until, run, stop_on_signals  # noqa: PLC0415
 
     settings = settings.override(
         kafka=_given(bootstrap_servers=args.bootstrap_servers, trades_topic=args.topic),
@@ -405,44 +384,42 @@ def _run_process(args: argparse.Namespace, settings: PulseSettings) -> int:
         raise UsageError("no Kafka to read from: set PULSE_KAFKA__BOOTSTRAP_SERVERS or pass --bootstrap-servers")
     _check_kafka(settings.kafka.bootstrap_servers)
     _check_jvm(settings, broker=False, spark=True)
-    stop = _stop_on_signals()
-    spark = settings.spark
-    with Pipeline(settings, _say) as run:
-        queries = run.start_job()
-        port = run.serve_job_health()
-        engine = (f"Real-Time Mode ({spark.realtime_batch_s:g} s batches)" if settings.realtime
-                  else f"micro-batches every {spark.trigger_ms} ms")
-        _say(f"processing {settings.kafka.trades_topic} on {settings.kafka.bootstrap_servers}: {engine}, "
-             f"watermark {spark.watermark_s:g} s, starting offsets {spark.starting_offsets}, "
-             f"checkpoints {settings.checkpoint_dir}; health on {spark.health_host}:{port}/health")
-        if args.until_idle is None:
-            while not stop.wait(0.5):
-                queries.raise_if_failed()
-                run.raise_if_writer_failed()
-        elif run.wait_idle(args.until_idle, stop):
-            _say(f"topic consumed and idle for {args.until_idle:g} s: stopping")
-        queries.raise_if_failed()
-    _say("stopped")
+    spark, lines = settings.spark, Lines(_say, numbered=False)
+
+    def observe(event: Any) -> None:
+        lines(event)
+        if isinstance(event, Running):
+            _say(f"processing {settings.kafka.trades_topic} on {settings.kafka.bootstrap_servers}: watermark"
+                 f" {spark.watermark_s:g} s, starting offsets {spark.starting_offsets}, checkpoints"
+                 f" {settings.checkpoint_dir}; health on {spark.health_host}:{event.runtime.health_port}/health")
+
+    plan = Plan(settings, compute=True, serve_health=True, until=Until.STOPPED if args.until_idle is None
+                else Until.IDLE, idle_s=args.until_idle or 0.0)
+    outcome = run(plan, observe, stop_on_signals(_say))
+    if outcome.ended == Until.IDLE.value:
+        _say(f"topic consumed and idle for {args.until_idle:g} s: stopped")
+    else:
+        _say("stopped")
     return 0
 
 
 def _run_store(args: argparse.Namespace, settings: PulseSettings) -> int:
-    from pulse.pipeline import Pipeline  # noqa: PLC0415
+    from pulse.runtime import Lines, Plan, Running, run, stop_on_signals  # noqa: PLC0415
 
     settings = settings.override(kafka=_given(bootstrap_servers=args.bootstrap_servers),
                                  clickhouse={"apply_schema": True} if args.apply_schema else {})
     if not settings.kafka.bootstrap_servers:
         raise UsageError("no Kafka to read from: set PULSE_KAFKA__BOOTSTRAP_SERVERS or pass --bootstrap-servers")
     _check_kafka(settings.kafka.bootstrap_servers)
-    stop = _stop_on_signals()
-    kafka, writer = settings.kafka, settings.writer
-    with Pipeline(settings, _say) as run:
-        run.start_writer()
-        port = run.serve_writer_health()
-        _say(f"storing {kafka.metrics_topic} and {kafka.rejects_topic} from {kafka.bootstrap_servers} into"
-             f" ClickHouse ({settings.clickhouse.transport}); health on {writer.health_host}:{port}/health")
-        while not stop.wait(0.5):
-            run.raise_if_writer_failed()
+    writer, lines = settings.writer, Lines(_say, numbered=False)
+
+    def observe(event: Any) -> None:
+        lines(event)
+        if isinstance(event, Running):
+            _say(f"storing from {settings.kafka.bootstrap_servers} into ClickHouse ({settings.clickhouse.transport});"
+                 f" health on {writer.health_host}:{event.runtime.health_port}/health")
+
+    run(Plan(settings, store_writer=True, serve_health=True), observe, stop_on_signals(_say))
     _say("stopped")
     return 0
 

@@ -31,10 +31,10 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from pulse.runtime import Draining, Event, Finished, Lines, Running, Runtime, Step, Stopping
 from pulse.storage.results import Results
 
 if TYPE_CHECKING:
-    from pulse.pipeline import Pipeline
     from pulse.producer import ProducerService
 
 log = logging.getLogger(__name__)
@@ -248,11 +248,11 @@ def plain_line(state: BoardState, top: int = 3) -> str:
 class Dashboard:
     """Reads the pipeline and redraws on its own thread, from `start()` (or `with`) until `stop()`."""
 
-    def __init__(self, run: Pipeline, title: str, live: bool, out: IO[str] | None = None,
+    def __init__(self, run: Runtime, title: str, live: bool, out: IO[str] | None = None,
                  period_s: float = 0.5, plain_period_s: float = 5.0, symbols: list[str] | None = None,
                  warnings: WarningCount | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self._run = run
-        self._results = Results(run.store())
+        self._results = Results(run.store)
         self.state = BoardState(title=title, live=live)
         for name in symbols or []:
             self.state.symbol(name)
@@ -280,8 +280,7 @@ class Dashboard:
     # -- reading -----------------------------------------------------------------------------------
 
     def _producer(self) -> ProducerService | None:
-        producers = self._run.producers
-        return producers[-1] if producers else None
+        return self._run.producer
 
     def poll(self) -> None:
         """One look at the store and the producer; updates `state`."""
@@ -382,3 +381,25 @@ class Dashboard:
             yield self
         finally:
             self.stop()
+
+
+class DashboardObserver:
+    """A run watched in the terminal: its steps as lines, then the dashboard from the moment every part
+    runs until the run drains or stops (`show=False`: lines only)."""
+
+    def __init__(self, say: Callable[[str], None], title: str, live: bool, symbols: list[str] | None = None,
+                 warnings: WarningCount | None = None, show: bool = True) -> None:
+        self._lines = Lines(say)
+        self._title, self._live, self._symbols, self._warnings = title, live, symbols, warnings
+        self._show = show
+        self.board: Dashboard | None = None
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, Running) and self._show:
+            self.board = Dashboard(event.runtime, self._title, self._live, symbols=self._symbols,
+                                   warnings=self._warnings).start()
+        elif self.board is not None and (isinstance(event, Draining | Stopping | Finished)
+                                         or (isinstance(event, Step) and event.part == "stop")):
+            self.board.stop()
+            self.board = None
+        self._lines(event)

@@ -1,21 +1,22 @@
 """What `notebooks/pulse.ipynb` runs, kept in the package so the notebook stays a thin script.
 
-The notebook runs Pulse through the same `Pipeline` as `pulse demo` and `pulse process`; this
-module adds what an interactive session needs: a replay of a recording in the background, a live
-view of the newest windows as a table and a chart, and one `stop()` that releases everything (so
-the chDB store can be read by others).
+The notebook runs a plan through the same runtime as `pulse demo` and `pulse process`: the job,
+and a replay of a recording when there is one, until `stop()` releases everything (so the chDB
+store can be read by others). This module adds what an interactive session needs: a live view of
+the newest windows as a table and a chart, redrawn as the runtime waits, and the signal studies.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pulse.pipeline import Background, Pipeline
 from pulse.resources import bundled_recording
+from pulse.runtime import Event, Plan, Runtime, Tick, Until
 from pulse.settings import PulseSettings, SignalSettings
 from pulse.source.replay import ReplaySource
 from pulse.storage.clickhouse import ClickHouseTransport
@@ -38,39 +39,29 @@ SIGNAL_COLOURS = {"STRONG BUY": "#1a9850", "ACCUMULATING": "#91cf60", "NEUTRAL":
 
 @dataclass
 class PulseSession:
-    """A running pipeline, with what an interactive session adds: a background replay and live views."""
+    """A running Pulse (the runtime of the notebook's plan), with what an interactive session adds: live views."""
 
-    pipeline: Pipeline
-    replay: Background | None = None
+    runtime: Runtime
 
     @property
     def settings(self) -> PulseSettings:
-        return self.pipeline.settings
+        return self.runtime.settings
 
     @property
     def bootstrap(self) -> str:
-        return self.pipeline.bootstrap
+        return self.runtime.bootstrap
 
     @property
     def transport(self) -> ClickHouseTransport:
-        return self.pipeline.store()
+        return self.runtime.store
 
     @property
-    def queries(self) -> PulseQueries:
-        return self.pipeline.start_job()
-
-    def replay_recording(self, path: Path, symbol: str | None = None, speed: float | None = None) -> Background:
-        """Start replaying `path` (at `speed` x the recorded pace, None = as fast as possible)."""
-        self.replay = self.pipeline.produce_in_background(ReplaySource(path, symbol, speed))
-        return self.replay
+    def queries(self) -> PulseQueries | None:
+        return self.runtime.queries
 
     def caught_up(self) -> bool:
-        """The replay (if any) is over and both queries have processed everything."""
-        if self.replay is not None:
-            if not self.replay.done:
-                return False
-            self.replay.result()  # raises what the replay raised
-        return self.pipeline.caught_up()
+        """The replay (if any) is over and the job stored everything."""
+        return self.runtime.caught_up()
 
     def symbols(self) -> list[str]:
         return Results(self.transport).symbols_by_trades()
@@ -83,29 +74,12 @@ class PulseSession:
 
     def live_view(self, seconds: float, refresh_s: float = 1.0, symbol: str | None = None, limit: int = 30,
                   stop_when_caught_up: bool = True) -> DataFrame:
-        """Redraw the newest windows (table + chart) every `refresh_s` for up to `seconds`."""
-        from IPython import display as ipython_display  # noqa: PLC0415 - only inside a notebook
-
-        # IPython's display helpers are unannotated.
-        display: Any = ipython_display.display
-        clear_output: Any = ipython_display.clear_output
-        image: Any = ipython_display.Image
-
-        deadline = time.monotonic() + seconds
-        frame = self.newest_windows(symbol, limit)
-        while True:
-            caught_up = stop_when_caught_up and self.caught_up()
-            frame = self.newest_windows(symbol, limit)
-            clear_output(wait=True)
-            if frame.empty:
-                display("waiting for the first windows ...")
-            else:
-                display(frame.tail(10))
-                # As PNG bytes: renders the same in JupyterLab and in headless runs, with no backend set up.
-                display(image(data=png(window_chart(frame))))
-            if caught_up or time.monotonic() >= deadline:
-                return frame
-            time.sleep(refresh_s)
+        """Redraw the newest windows (table + chart) every `refresh_s` for up to `seconds` (or until the
+        replay is stored, `stop_when_caught_up`)."""
+        view = _WindowView(self, symbol, limit, refresh_s)
+        self.runtime.wait(Until.CAUGHT_UP if stop_when_caught_up else Until.STOPPED, timeout_s=seconds,
+                          observer=view)
+        return view.draw()
 
     def signal_quality(self) -> DataFrame:
         """Hit rate and mean forward return per signal and horizon over this run (pulse_signal_quality)."""
@@ -123,7 +97,7 @@ class PulseSession:
         from pulse.compute.columns import signal_column  # noqa: PLC0415
 
         outcomes = Results(self.transport).outcomes().to_pandas()
-        spark = self.pipeline.spark_session()
+        spark = self.runtime.spark
         if outcomes.empty:
             return outcomes
         windows = spark.createDataFrame(outcomes)
@@ -146,7 +120,37 @@ class PulseSession:
 
     def stop(self) -> None:
         """Stop the replay, the queries, Spark, the store and the embedded broker (if started here)."""
-        self.pipeline.stop()
+        self.runtime.stop()
+
+
+class _WindowView:
+    """The notebook's observer while a cell waits: the newest windows as a table and a chart."""
+
+    def __init__(self, session: PulseSession, symbol: str | None, limit: int, refresh_s: float) -> None:
+        self._session, self._symbol, self._limit, self._refresh_s = session, symbol, limit, refresh_s
+        self._drawn_at = -math.inf
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, Tick) and time.monotonic() - self._drawn_at >= self._refresh_s:
+            self.draw()
+
+    def draw(self) -> DataFrame:
+        from IPython import display as ipython_display  # noqa: PLC0415 - only inside a notebook
+
+        # IPython's display helpers are unannotated.
+        display: Any = ipython_display.display
+        clear_output: Any = ipython_display.clear_output
+        image: Any = ipython_display.Image
+        self._drawn_at = time.monotonic()
+        frame = self._session.newest_windows(self._symbol, self._limit)
+        clear_output(wait=True)
+        if frame.empty:
+            display("waiting for the first windows ...")
+        else:
+            display(frame.tail(10))
+            # As PNG bytes: renders the same in JupyterLab and in headless runs, with no backend set up.
+            display(image(data=png(window_chart(frame))))
+        return frame
 
 
 NOTEBOOK_DATABASE = "pulse_notebook"
@@ -174,22 +178,17 @@ def notebook_settings(settings: PulseSettings, recording: Path | None = None) ->
     return settings.override(**changes), recording
 
 
-def start_session(settings: PulseSettings, fresh: bool = True) -> PulseSession:
-    """Broker (given or embedded), ClickHouse with the schema, Spark, and the running job.
+def start_session(settings: PulseSettings, recording: Path | None = None, symbol: str | None = None,
+                  speed: float | None = None, fresh: bool = True) -> PulseSession:
+    """Broker (given or embedded), ClickHouse with the schema, Spark with the running job, and the
+    replay of `recording` (None: none), running until `PulseSession.stop()`.
 
     `fresh` starts from nothing: the embedded broker's log, the checkpoints and the chDB store of a
     previous run under the data directory go (a replay into old state would count trades twice).
     """
-    pipeline = Pipeline(settings)
-    if fresh:
-        pipeline.reset()
-    try:
-        pipeline.create_topics()
-        pipeline.start_job()
-    except BaseException:
-        pipeline.stop()
-        raise
-    return PulseSession(pipeline)
+    source = ReplaySource(recording, symbol, speed) if recording is not None else None
+    plan = Plan(settings, source, compute=True, fresh=fresh, until=Until.STOPPED)
+    return PulseSession(Runtime(plan).start())
 
 
 def png(figure: Figure) -> bytes:

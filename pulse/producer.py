@@ -20,7 +20,7 @@ from pulse.broker.lanes import DropOldestQueue, OutboundRecord
 from pulse.model import DeadLetter, GapEvent, Trade, encode_dead_letter, encode_gap_event, encode_trade
 from pulse.settings import KafkaSettings, PulseSettings
 from pulse.source.base import Source, now_ms
-from pulse.telemetry import LatencyHistogram, Telemetry, collect
+from pulse.telemetry import LatencyHistogram, Telemetry, collect, start_metrics_server
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,7 @@ class Router:
                                        exchange_time_ms=event.detected_ms))
 
     async def room(self, fill_ratio: float = 0.5) -> None:
-        # Polled: the queue signals arrivals, not departures, and a 1 ms poll costs nothing here.
-        while self._queue.fill_ratio > fill_ratio:  # noqa: ASYNC110
-            await asyncio.sleep(0.001)
+        await self._queue.room(fill_ratio)
 
     def telemetry(self) -> Telemetry:
         return Telemetry(counters={"trades_received": self.trades, "gap_events": self.gap_events},
@@ -122,6 +120,17 @@ class ProducerService:
         """Everything /metrics exports: each component's own counters, collected."""
         publisher = self.publisher or _NotStarted()
         return collect([self.source, self.router, self.queue, publisher, self])
+
+    async def serve(self, bootstrap: str, stop: asyncio.Event) -> ProducerService:
+        """`run` with the producer's /metrics and /health, as every Pulse producer runs."""
+        producer = self._settings.producer
+        runner, self.metrics_port = await start_metrics_server(self.snapshot, self.health, producer.metrics_port,
+                                                               producer.metrics_host)
+        try:
+            await self.run(bootstrap, stop)
+        finally:
+            await runner.cleanup()
+        return self
 
     async def run(self, bootstrap: str, stop: asyncio.Event) -> None:
         """Run until the source ends or `stop` is set; then drain the queue and flush, within bounds."""

@@ -10,19 +10,20 @@ matters at 100k trades/s. Latencies go into
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from pythonjsonlogger.json import JsonFormatter
 
 # Seconds: from sub-millisecond (publish at low rate) to a minute (broker outage, REST gap fill).
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -146,9 +147,17 @@ class TelemetryCollector(Collector):
                                         buckets=histogram.cumulative_buckets(), sum_value=histogram.total_s)
 
 
+# Idle keep-alive connections close after this; a scrape every few seconds needs no more.
+_KEEPALIVE_S = 5.0
+
+
 async def start_metrics_server(snapshot: Callable[[], Telemetry], ready: Callable[[], Mapping[str, Any]],
                                port: int, host: str, prefix: str = "pulse_producer_") -> tuple[web.AppRunner, int]:
-    """`/metrics` (Prometheus text) and `/health` (200 when ready, else 503); returns the bound port."""
+    """`/metrics` (Prometheus text) and `/health` (200 when ready, else 503); returns the bound port.
+
+    aiohttp serves each connection as a task of one loop: a slow or idle client holds no thread, idle
+    connections close after `_KEEPALIVE_S`, other paths get 404 and other methods 405.
+    """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(TelemetryCollector(snapshot, prefix))
 
@@ -157,12 +166,13 @@ async def start_metrics_server(snapshot: Callable[[], Telemetry], ready: Callabl
 
     async def health(_: web.Request) -> web.Response:
         status = ready()
-        return web.json_response(status, status=200 if status["ready"] else 503)
+        return web.json_response(status, status=200 if status["ready"] else 503,
+                                 dumps=lambda value: json.dumps(value, default=str))
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/health", health)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=_KEEPALIVE_S)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
@@ -170,49 +180,40 @@ async def start_metrics_server(snapshot: Callable[[], Telemetry], ready: Callabl
     return runner, bound
 
 
-def serve_in_thread(snapshot: Callable[[], Telemetry], ready: Callable[[], Mapping[str, Any]], port: int,
-                    host: str, prefix: str) -> ThreadingHTTPServer:
-    """`/metrics` and `/health` for a process without an event loop (the Spark job), on a daemon thread."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(TelemetryCollector(snapshot, prefix))
+class HealthServer:
+    """`start_metrics_server` for a process whose main thread is not an event loop (the Spark job, the
+    store writer): on a loop and thread of its own, bound when constructed, ended by `close()`."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path == "/metrics":
-                status, body, kind = 200, generate_latest(registry), "text/plain; version=0.0.4; charset=utf-8"
-            elif self.path == "/health":
-                report = ready()
-                status, body, kind = (200 if report["ready"] else 503), json.dumps(report, default=str).encode(), \
-                    "application/json"
-            else:
-                status, body, kind = 404, b"not found\n", "text/plain"
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def __init__(self, snapshot: Callable[[], Telemetry], ready: Callable[[], Mapping[str, Any]], port: int,
+                 host: str, prefix: str) -> None:
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="pulse-health", daemon=True).start()
+        started = asyncio.run_coroutine_threadsafe(start_metrics_server(snapshot, ready, port, host, prefix),
+                                                   self._loop)
+        try:
+            self._runner, self.port = started.result(timeout=30)
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            raise
 
-        def log_message(self, format: str, *args: Any) -> None:  # the base class's name
-            pass  # a scrape every few seconds is not news
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="pulse-health", daemon=True).start()
-    return server
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
 
 
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line: time (UTC ms), level, logger, message and any `extra` fields."""
+class JsonLogFormatter(JsonFormatter):
+    """One JSON object per line (python-json-logger): time (UTC ms), level, logger, message, any `extra`
+    fields, and the traceback as `exc`."""
 
-    _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(name)s %(message)s",
+                         rename_fields={"levelname": "level", "name": "logger", "message": "msg",
+                                        "exc_info": "exc"},
+                         json_default=str)
 
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {"ts_ms": int(record.created * 1000), "level": record.levelname,
-                                 "logger": record.name, "msg": record.getMessage()}
-        entry.update((key, value) for key, value in vars(record).items() if key not in self._STANDARD)
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
+        super().add_fields(log_data, record, message_dict)
+        log_data["ts_ms"] = int(record.created * 1000)
 
 
 def configure_json_logging(level: int = logging.INFO) -> None:

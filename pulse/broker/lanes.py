@@ -83,6 +83,9 @@ class DropOldestQueue:
         self._changed = asyncio.Event()
         self._closed = False
         self.dropped: Counter[str] = Counter()
+        # Set when the queue drained to `_room_at` records: what a waiting file source waits for.
+        self._room = asyncio.Event()
+        self._room_at: float | None = None
 
     def __len__(self) -> int:
         return self._size
@@ -119,7 +122,18 @@ class DropOldestQueue:
         records = lane.records
         count = min(max_items, len(records))
         self._size -= count
+        if self._room_at is not None and self._size <= self._room_at:
+            self._room_at = None
+            self._room.set()
         return [records.popleft() for _ in range(count)]
+
+    async def room(self, fill_ratio: float) -> None:
+        """Returns once the queue is at most `fill_ratio` full (or closed): sources that can wait (a
+        file) wait here, woken by the publisher's take, instead of polling."""
+        while self._size > fill_ratio * self._maxsize and not self._closed:
+            self._room_at = fill_ratio * self._maxsize
+            self._room.clear()
+            await self._room.wait()
 
     async def take(self, max_items: int) -> list[OutboundRecord]:
         """Up to `max_items` of what is queued now, lane by lane, without waiting: for readers without
@@ -157,6 +171,7 @@ class DropOldestQueue:
         """No more records will come: each lane's sender ends once its lane is empty."""
         self._closed = True
         self._changed.set()
+        self._room.set()
         for lane in self._lanes.values():
             lane.wake()
 

@@ -13,7 +13,6 @@ is down. The single-node layout and behaviour are unchanged.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import ctypes
 import os
@@ -28,6 +27,7 @@ from types import TracebackType
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, for_code
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from pulse.errors import PulseError, first_line
 
@@ -298,31 +298,40 @@ async def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int,
     On a just-started cluster the controller may know fewer brokers than `replication_factor`
     for a moment: every refusal is retried until `timeout_s`, then raised with Kafka's reason.
     """
-    deadline = time.monotonic() + timeout_s
     wanted = list(topics)
     topic_configs = dict(configs or {})
-    while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
-        try:
-            await admin.start()
-            existing = set(await admin.list_topics())
-            missing = [t for t in wanted if t not in existing]
-            if missing:
-                response = await admin.create_topics([
-                    NewTopic(name=t, num_partitions=partitions, replication_factor=replication_factor,
-                             topic_configs=topic_configs) for t in missing])
-                # The answer carries an error per topic instead of raising; another client creating
-                # the same topic between our list and create is no error.
-                for topic, code, *message in response.topic_errors:
-                    if code not in (_NO_ERROR, _TOPIC_ALREADY_EXISTS):
-                        raise for_code(code)(f"topic {topic}: {message[0] if message else ''}")
-            return
-        except (KafkaError, OSError) as error:  # a just-started broker refuses or times out
-            if time.monotonic() > deadline:
-                raise KafkaStartError(f"could not create topics {wanted} on {bootstrap}: {error}") from error
-            await asyncio.sleep(0.5)
-        finally:
-            await admin.close()
+    try:
+        async for attempt in _retrying(timeout_s):
+            with attempt:
+                await _create_missing(bootstrap, wanted, partitions, replication_factor, topic_configs)
+    except (KafkaError, OSError) as error:
+        raise KafkaStartError(f"could not create topics {wanted} on {bootstrap}: {error}") from error
+
+
+def _retrying(timeout_s: float) -> AsyncRetrying:
+    """Kafka's refusals and timeouts (a just-started or failing-over cluster), retried every 0.5 s."""
+    return AsyncRetrying(retry=retry_if_exception_type((KafkaError, OSError)), wait=wait_fixed(0.5),
+                         stop=stop_after_delay(timeout_s), reraise=True)
+
+
+async def _create_missing(bootstrap: str, wanted: list[str], partitions: int, replication_factor: int,
+                          topic_configs: dict[str, str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        missing = [t for t in wanted if t not in existing]
+        if missing:
+            response = await admin.create_topics([
+                NewTopic(name=t, num_partitions=partitions, replication_factor=replication_factor,
+                         topic_configs=topic_configs) for t in missing])
+            # The answer carries an error per topic instead of raising; another client creating
+            # the same topic between our list and create is no error.
+            for topic, code, *message in response.topic_errors:
+                if code not in (_NO_ERROR, _TOPIC_ALREADY_EXISTS):
+                    raise for_code(code)(f"topic {topic}: {message[0] if message else ''}")
+    finally:
+        await admin.close()
 
 
 async def end_offsets(bootstrap: str, topic: str, timeout_s: float = 30.0) -> dict[int, int]:
@@ -331,14 +340,10 @@ async def end_offsets(bootstrap: str, topic: str, timeout_s: float = 30.0) -> di
     Retried with fresh clients until `timeout_s`: while a crashed node of a cluster is not yet
     fenced, metadata still lists it, and a request the client happens to send there fails.
     """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
+    async for attempt in _retrying(timeout_s):
+        with attempt:
             return await _offsets(bootstrap, topic, earliest=False)
-        except (KafkaError, OSError):
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.5)
+    raise AssertionError("unreachable: tenacity returns or raises")
 
 
 async def log_start_offsets(bootstrap: str, topic: str) -> dict[int, int]:

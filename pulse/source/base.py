@@ -13,6 +13,7 @@ import asyncio
 import time
 from typing import Protocol
 
+from pulse.errors import PulseError
 from pulse.model import DeadLetter, GapEvent, Trade
 from pulse.source.binance.wire import InvalidFrame, NotATrade, decode_frame, to_trade
 from pulse.telemetry import Telemetry
@@ -53,6 +54,10 @@ class Source(Protocol):
 
     def problem(self) -> str | None:
         """What keeps the source from delivering, in words a user can act on (None: nothing)."""
+
+    def fatal(self) -> PulseError | None:
+        """Why a run that wants trades now should end rather than retry (a refusal before any
+        connection opened); None while retrying may still help. A service retries regardless."""
 
     def telemetry(self) -> Telemetry: ...
 
@@ -121,6 +126,9 @@ class LocalSource:
         return self._running
 
     def problem(self) -> str | None:
+        return None
+
+    def fatal(self) -> PulseError | None:
         return None
 
     def telemetry(self) -> Telemetry:

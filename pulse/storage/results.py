@@ -6,6 +6,7 @@ Values interpolated into SQL are numbers (cast here) or quoted here; nothing els
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -22,11 +23,28 @@ def quote_string(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+@dataclass(frozen=True)
+class RunResults:
+    """What one run left in the store: its windows by symbol and by signal, and its rejects."""
+
+    windows_by_symbol: dict[str, int]
+    signals: dict[str, int]
+    rejects: int
+
+    @property
+    def windows(self) -> int:
+        return sum(self.windows_by_symbol.values())
+
+
 class Results:
     def __init__(self, transport: ClickHouseTransport) -> None:
         self.transport = transport
 
     # -- the run summary ---------------------------------------------------------------------------
+
+    def run(self, since_ms: int) -> RunResults:
+        """What was written after `since_ms` (a run's start)."""
+        return RunResults(self.windows_by_symbol(since_ms), self.windows_by_signal(since_ms), self.rejects(since_ms))
 
     def windows_by_symbol(self, since_ms: int = 0) -> dict[str, int]:
         """Windows (one per symbol and second) written after `since_ms`, per symbol."""

@@ -25,8 +25,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from pulse.broker.local_kafka import end_offsets
-from pulse.pipeline import Pipeline
-from tests.support.pipeline import publish_recording
+from tests.support.pipeline import process_topic, publish_recording
 from tests.support.processor_process import (
     METRIC_COLUMNS,
     WINDOWS_SQL,
@@ -141,9 +140,7 @@ def test_kill_minus_nine_of_the_job_and_restart_equals_an_uninterrupted_run(
                                                        ready, log, outcome))
     killer.start()
 
-    with Pipeline(uninterrupted) as run:
-        run.start_job()
-        run.wait_idle(idle_s=1.0, timeout_s=180)
+    process_topic(uninterrupted)
     expected = database.query_arrow(WINDOWS_SQL).to_pylist()
     expected_rejects = database.query_arrow(REJECTS_SQL).to_pylist()
     assert sum(r["trade_count"] for r in expected) == published
@@ -183,9 +180,7 @@ def test_kill_minus_nine_of_the_store_writer_and_restart_equals_an_uninterrupted
     job = settings.override(kafka=outputs, writer={"in_process": False})
     published = publish_recording(job, recording(ARCHIVE_CSV), "BTCUSDT")
     write_messages(kafka.bootstrap, topic, [b"{broken"], partition=1)
-    with Pipeline(job) as run:
-        run.start_job()
-        run.wait_idle(idle_s=1.0, timeout_s=180)
+    process_topic(job)
     updates = _output_end(kafka.bootstrap, outputs["metrics_topic"])
     assert updates >= published, "Real-Time Mode emits an update per trade"
 

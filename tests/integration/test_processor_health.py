@@ -19,7 +19,7 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from pulse.pipeline import Pipeline
+from pulse.runtime import Plan, Runtime
 from pulse.storage.clickhouse import ClickHouseTransport
 from pulse.storage.sinks import PulseSinks
 from tests.support.pipeline import scrape
@@ -66,9 +66,9 @@ def _one_trade(settings: Any, kafka: Any) -> int:
 
 
 def test_running_job_is_healthy_and_a_stopped_query_is_not(kafka, spark, database, settings):
-    with Pipeline(settings) as run:
-        queries = run.start_job()
-        port = run.serve_job_health()
+    with Runtime(Plan(settings, compute=True, serve_health=True)).start() as run:
+        queries, port = run.queries, run.health_port
+        assert queries is not None and port is not None
         trade_ms = _one_trade(settings, kafka)
         body = wait_for(port, 200, until=lambda b: b["writer"]["last_freshness_ms"] > 0)
         assert body["queries"] == {"pulse_metrics": True, "pulse_rejects": True}
@@ -100,9 +100,10 @@ def test_a_failed_query_makes_the_job_unhealthy(kafka, spark, database, settings
         working = PulseSinks.clickhouse(transport)
         return PulseSinks(metrics=_BrokenSink(), rejects=working.rejects, health=working.health)
 
-    with Pipeline(settings.override(spark={"mode": "microbatch"}), sinks=sinks) as run:
-        queries = run.start_job()
-        port = run.serve_job_health()
+    with Runtime(Plan(settings.override(spark={"mode": "microbatch"}), compute=True, serve_health=True,
+                      sinks=sinks)).start() as run:
+        queries, port = run.queries, run.health_port
+        assert queries is not None and port is not None
         _one_trade(settings, kafka)
         wait_for(port, 503, until=lambda b: b["queries"]["pulse_metrics"] is False)
         assert queries.metrics.exception() is not None
@@ -129,9 +130,10 @@ def test_a_failing_store_writer_makes_the_job_unhealthy_and_then_catches_up(kafk
         working = PulseSinks.clickhouse(transport)
         return PulseSinks(metrics=_Flaky(working.metrics), rejects=working.rejects, health=working.health)
 
-    with Pipeline(settings.override(writer={"stale_s": 1.0, "retry_max_s": 0.5}), sinks=sinks) as run:
-        queries = run.start_job()
-        port = run.serve_job_health()
+    with Runtime(Plan(settings.override(writer={"stale_s": 1.0, "retry_max_s": 0.5}), compute=True,
+                      serve_health=True, sinks=sinks)).start() as run:
+        queries, port = run.queries, run.health_port
+        assert queries is not None and port is not None
         _one_trade(settings, kafka)
         body = wait_for(port, 503, until=lambda b: b.get("writer", {}).get("ready") is False)
         assert body["queries"] == {"pulse_metrics": True, "pulse_rejects": True}, "the queries keep running"

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from pulse.compute.job import PulseQueries
-from pulse.pipeline import Pipeline
+from pulse.runtime import Plan, Runtime, Until
 from tests.support.pipeline import metrics_rows
 from tests.support.reference import RefTrade, is_late, reference_windows
 from tests.support.topic_writer import trade_message, write_messages
@@ -67,13 +67,14 @@ def test_late_trades_inside_and_beyond_the_watermark(mode, kafka, spark, databas
     assert [is_late(B + round(t * 1000), watermark_ms) for t, *_ in ON_TIME] == [False] * 3
     assert [is_late(B + round(t * 1000), watermark_ms) for t, *_ in TOO_LATE] == [True] * 4
 
-    with Pipeline(settings) as run:
-        queries = run.start_job()
+    with Runtime(Plan(settings, compute=True)).start() as run:
+        queries = run.queries
+        assert queries is not None
         write_messages(kafka.bootstrap, topic, _messages(PHASE_1, 1))
-        run.wait_caught_up(timeout_s=90)
+        assert run.wait(Until.CAUGHT_UP, timeout_s=90) == Until.CAUGHT_UP
         _wait_for_watermark(queries, watermark_ms)
         write_messages(kafka.bootstrap, topic, _messages(ON_TIME + TOO_LATE, 100))
-        run.wait_caught_up(timeout_s=90)
+        assert run.wait(Until.CAUGHT_UP, timeout_s=90) == Until.CAUGHT_UP
         deadline = time.monotonic() + 60
         health: dict[str, int] = {}
         while time.monotonic() < deadline:

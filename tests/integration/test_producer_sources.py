@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from pulse.pipeline import Pipeline
+from pulse.runtime import Plan, Until, run
 from pulse.settings import PulseSettings
 from pulse.source.base import Source
 from pulse.source.replay import ReplaySource
@@ -21,8 +21,9 @@ pytestmark = pytest.mark.integration
 
 def _run(settings: PulseSettings, bootstrap: str, source: Source) -> tuple[dict[str, float], list[Consumed]]:
     """The source through the pipeline's producer until it is exhausted, and what its /metrics exported."""
-    with Pipeline(settings.override(kafka={"bootstrap_servers": bootstrap})) as run:
-        service = run.produce(source)
+    service = run(Plan(settings.override(kafka={"bootstrap_servers": bootstrap}), source,
+                       until=Until.SOURCE_ENDED)).producer
+    assert service is not None
     return exported(service), asyncio.run(consume_all(bootstrap, settings.kafka.trades_topic))
 
 

@@ -2,7 +2,7 @@
 three-broker Kafka cluster, each losing a member mid-stream.
 
 - Spark: a master and a worker from pyspark's own distribution run the Pulse job, started as users
-  start it (`pulse process` with PULSE_SPARK__MASTER=spark://…, through `Pipeline`). The driver
+  start it (`pulse process` with PULSE_SPARK__MASTER=spark://…, through the runtime). The driver
   is a child process because a Spark driver is one per process, and this one already has the
   tests' local[2] session. The worker (with its executors) is killed mid-stream and started again.
 - Kafka: three KRaft nodes from the pinned jars (`LocalKafkaBroker(nodes=3)`), the trades topic
@@ -33,7 +33,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pulse.broker.lanes import partition_for
 from pulse.broker.local_kafka import LocalKafkaBroker, end_offsets, free_port
 from pulse.compute.spark_session import connector_jars
-from pulse.pipeline import Pipeline
+from pulse.runtime import Plan, Runtime, Until
 from pulse.settings import KafkaSettings, PulseSettings
 from pulse.source.synthetic import SyntheticSource
 from pulse.storage.clickhouse import ChdbTransport, apply_schema
@@ -312,21 +312,16 @@ def test_leader_killed_under_load_nothing_lost_or_doubled_and_the_job_goes_on(
         producer={"queue_max": 100_000})
     topic = settings.kafka.trades_topic
 
-    with Pipeline(settings) as run:
-        run.create_topics()
+    plan = Plan(settings, SyntheticSource(SYMBOLS, RATE_PER_S, total=TOTAL, seed=11), compute=True, finish_s=240)
+    with Runtime(plan).start() as run:
         partitions, configs = describe_topic(kafka_cluster.bootstrap, topic)
         assert [p.replicas for p in partitions] == [[1, 2, 3]] * 3
         assert [p.isr for p in partitions] == [[1, 2, 3]] * 3
         assert configs["min.insync.replicas"] == "2"
 
-        queries = run.start_job()
-        background = run.produce_in_background(SyntheticSource(SYMBOLS, RATE_PER_S, total=TOTAL, seed=11))
-        deadline = time.monotonic() + 120
-        while not run.producers or run.producers[0].published < TOTAL // 5:
-            assert not background.done, background.result()
-            assert time.monotonic() < deadline, "the producer did not get going"
-            time.sleep(0.05)
-        service = run.producers[0]
+        queries, service = run.queries, run.producer
+        assert queries is not None and service is not None
+        _wait_for(lambda: service.published >= TOTAL // 5, "the producer to get going", run)
         # The leader of the partition that took the most trades so far: kill -9, no controlled shutdown.
         written = asyncio.run(end_offsets(kafka_cluster.bootstrap, topic))
         victim_partition = max(written, key=lambda partition: written[partition])
@@ -336,14 +331,14 @@ def test_leader_killed_under_load_nothing_lost_or_doubled_and_the_job_goes_on(
         kafka_cluster.kill_node(leader)
         killed_at = time.monotonic()
 
-        service = background.result(timeout_s=240)
+        assert run.wait(Until.SOURCE_ENDED, timeout_s=240) == Until.SOURCE_ENDED
         recovered_after = time.monotonic() - killed_at
         assert service.router.trades == TOTAL
         assert service.published == TOTAL, f"{service.published} of {TOTAL} acknowledged"
         assert sum(service.queue.dropped.values()) == 0
         assert service.published > published_at_kill
 
-        run.wait_caught_up(timeout_s=240)
+        assert run.wait(Until.CAUGHT_UP) == Until.CAUGHT_UP
         assert queries.metrics.isActive and queries.rejects.isActive
         assert _batch_id(queries.metrics) > batch_at_kill
         after, _ = describe_topic(kafka_cluster.bootstrap, topic)
@@ -390,10 +385,11 @@ def _acked(service: Any, symbols: list[str]) -> int:
     return sum(by_symbol.get(symbol, 0) for symbol in symbols)
 
 
-def _wait_for(condition: Any, what: str, background: Any, timeout_s: float = 120) -> None:
+def _wait_for(condition: Any, what: str, run: Runtime, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
-        assert not background.done, f"the producer ended ({background.result().published} acknowledged) before {what}"
+        run.raise_if_failed()
+        assert not run.source_ended, f"the producer ended before {what}"
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
 
@@ -415,26 +411,26 @@ def test_a_partition_without_a_leader_holds_back_only_its_own_trades(base_settin
     others = LANE_SYMBOLS[1] + LANE_SYMBOLS[2]
     symbols = LANE_SYMBOLS[stalled] + others
 
-    with Pipeline(settings) as run:
-        background = run.produce_in_background(SyntheticSource(symbols, LANE_RATE_PER_S, total=LANE_TOTAL, seed=5))
-        _wait_for(lambda: bool(run.producers) and run.producers[0].publisher is not None, "the producer", background)
-        service = run.producers[0]
+    with Runtime(Plan(settings, SyntheticSource(symbols, LANE_RATE_PER_S, total=LANE_TOTAL, seed=5))).start() as run:
+        service = run.producer
+        assert service is not None
+        _wait_for(lambda: service.publisher is not None, "the producer", run)
         _wait_for(lambda: all(_acked(service, [s]) >= 100 for s in symbols), "every partition acknowledged",
-                  background)
+                  run)
         kafka_cluster.kill_node(kafka_cluster.node_ids[stalled])
 
         # Acks that were on their way at the kill have landed once the others moved on a little.
         at_kill = _acked(service, others)
         _wait_for(lambda: _acked(service, others) >= at_kill + 300, "the other partitions after the kill",
-                  background)
+                  run)
         stalled_before, others_before = _acked(service, LANE_SYMBOLS[stalled]), _acked(service, others)
         _wait_for(lambda: _acked(service, others) >= others_before + 5_000,
-                  "the other partitions to keep being acknowledged", background)
+                  "the other partitions to keep being acknowledged", run)
         assert _acked(service, LANE_SYMBOLS[stalled]) == stalled_before, "acks from a partition without a node"
         assert len(service.queue) > 0, "the stalled partition's trades wait in its lane"
 
         kafka_cluster.start_node(kafka_cluster.node_ids[stalled])
-        service = background.result(timeout_s=240)
+        assert run.wait(Until.SOURCE_ENDED, timeout_s=240) == Until.SOURCE_ENDED
         assert service.published == LANE_TOTAL
         assert sum(service.queue.dropped.values()) == 0
 

@@ -1,6 +1,6 @@
 """Drive the real pipeline (producer -> Kafka -> Spark -> chDB) over a recording, for tests.
 
-Everything goes through `pulse.pipeline.Pipeline`, the assembly every entry point uses; the test
+Everything goes through `pulse.runtime`: a plan, run by the runtime every entry point uses; the test
 fixtures only provide the shared broker, Spark session and chDB engine it then finds.
 """
 
@@ -13,8 +13,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pulse.pipeline import Pipeline
 from pulse.producer import ProducerService
+from pulse.runtime import Plan, Until, run
 from pulse.settings import PulseSettings
 from pulse.source.replay import ReplaySource
 from pulse.storage.clickhouse import ClickHouseTransport
@@ -23,17 +23,15 @@ from pulse.telemetry import TelemetryCollector
 
 def publish_recording(settings: PulseSettings, path: Path, symbol: str | None = None) -> int:
     """Replay `path` flat out through the producer `pulse produce --source replay` runs; the trades published."""
-    with Pipeline(settings) as run:
-        service = run.produce(ReplaySource(path, symbol))
+    service = run(Plan(settings, ReplaySource(path, symbol), until=Until.SOURCE_ENDED)).producer
+    assert service is not None
     assert service.published == service.router.trades + service.router.invalid
     return service.router.trades
 
 
 def process_topic(settings: PulseSettings, timeout_s: float = 180) -> None:
     """Run the Spark job until it has consumed everything in the trades topic, then stop it."""
-    with Pipeline(settings) as run:
-        run.start_job()
-        run.wait_caught_up(timeout_s=timeout_s)
+    run(Plan(settings, compute=True, until=Until.CAUGHT_UP, finish_s=timeout_s))
 
 
 def metrics_rows(transport: ClickHouseTransport) -> list[dict[str, Any]]:

@@ -15,7 +15,6 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pulse.broker.local_kafka import ensure_topics
-from pulse.pipeline import Pipeline
 from pulse.producer import ProducerService
 from pulse.settings import KafkaSettings, PulseSettings
 from pulse.source.base import Source
@@ -81,16 +80,15 @@ async def wait_until(condition: Callable[[], bool], timeout_s: float, what: str)
 @asynccontextmanager
 async def running_producer(settings: PulseSettings, bootstrap: str,
                            source: Source | None = None) -> AsyncIterator[ProducerService]:
-    """The producer as the pipeline runs it (with /metrics), in this loop; on exit it is stopped
+    """The producer as the runtime runs it (`ProducerService.serve`, with /metrics), in this loop; on exit it is stopped
     (drain + flush) and must end cleanly."""
-    pipeline = Pipeline(settings.override(kafka={"bootstrap_servers": bootstrap}))
+    service = ProducerService(settings.override(kafka={"bootstrap_servers": bootstrap}),
+                              source or BinanceSource(settings.producer))
     stop = asyncio.Event()
-    task = asyncio.create_task(pipeline.produce_async(source or BinanceSource(settings.producer), stop))
-    await wait_until(lambda: (bool(pipeline.producers) and pipeline.producers[0].metrics_port is not None)
-                     or task.done(), 30, "the producer and its /metrics")
+    task = asyncio.create_task(service.serve(bootstrap, stop))
+    await wait_until(lambda: service.metrics_port is not None or task.done(), 30, "the producer and its /metrics")
     if task.done():
         task.result()
-    service = pipeline.producers[0]
     try:
         yield service
     finally:

@@ -3,7 +3,7 @@
 `python -m tests.support.scale_measure [--backlog 100000] [--rate 1000] [--seconds 20]` starts the
 embedded Kafka broker, publishes a backlog of synthetic trades (8 symbols, 4 partitions), and then,
 for each configuration, runs the job in a child process (one Spark driver per process) through
-`Pipeline` with `settings.override(spark={"master": ...})`:
+the runtime with `settings.override(spark={"master": ...})`:
 - backlog: the job reads the backlog from `earliest`; drain time from `start_job()` until both
   queries have processed all of it, and the metrics query's own rows/s over its batches;
 - freshness: then trades stamped T = now are published at `--rate` for `--seconds`; a thin wrapper
@@ -35,7 +35,7 @@ import pyarrow as pa
 from aiokafka import AIOKafkaProducer
 
 from pulse.broker.local_kafka import LocalKafkaBroker, ensure_topics
-from pulse.pipeline import Pipeline
+from pulse.runtime import Plan, Runtime, Until
 from pulse.settings import PulseSettings
 from pulse.storage.clickhouse import ClickHouseTransport
 from pulse.storage.sinks import PulseSinks, Sink
@@ -135,13 +135,13 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         recorders.append(VisibleAt(clickhouse.metrics))
         return PulseSinks(metrics=recorders[-1], rejects=clickhouse.rejects, health=clickhouse.health)
 
-    with Pipeline(settings, sinks=sinks) as run:
+    started = time.monotonic()
+    with Runtime(Plan(settings, compute=True, sinks=sinks, finish_s=1800)).start() as run:
+        session_s = time.monotonic() - started  # Spark's session and the queries' start
         started = time.monotonic()
-        run.spark_session()
-        session_s = time.monotonic() - started
-        started = time.monotonic()
-        queries = run.start_job()
-        run.wait_caught_up(timeout_s=1800, poll_s=0.1)
+        queries = run.queries
+        assert queries is not None
+        assert run.wait(Until.CAUGHT_UP) == Until.CAUGHT_UP
         drain_s = time.monotonic() - started
         batches = [p for p in queries.metrics.recentProgress if p["numInputRows"]]
         busy_ms = sum(p["durationMs"]["triggerExecution"] for p in batches)
@@ -153,7 +153,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         recorders[0].visible.clear()
         sent = asyncio.run(publish(spec["bootstrap"], int(spec["rate"] * spec["seconds"]), spec["rate"], None,
                                    first_id=10**9))
-        run.wait_caught_up(timeout_s=600, poll_s=0.1)
+        assert run.wait(Until.CAUGHT_UP, timeout_s=600) == Until.CAUGHT_UP
         time.sleep(1)
         fresh = freshness(sent, recorders[0].visible, counts_before)
     quantiles = statistics.quantiles(fresh, n=100) if len(fresh) > 1 else [float("nan")] * 99

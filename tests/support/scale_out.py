@@ -108,7 +108,7 @@ def ref_trades(records: list[tuple[int, int, dict[str, Any]]]) -> list[RefTrade]
 
 def start_pulse_process(data_dir: Path, bootstrap: str, topic: str, log: Path, *extra: str,
                         **settings: str) -> subprocess.Popen[bytes]:
-    """`pulse process` (the job through `Pipeline`, configured by PULSE_* variables) as a child that
+    """`pulse process` (the job through the runtime, configured by PULSE_* variables) as a child that
     dies with this process, reading `topic` from the start."""
     command = [*PULSE, "process", "--data-dir", str(data_dir), "--bootstrap-servers", bootstrap, "--topic", topic,
                "--starting-offsets", "earliest", *extra]

@@ -11,9 +11,8 @@ from aiokafka.errors import KafkaConnectionError
 from pulse.broker.local_kafka import KafkaStartError
 from pulse.cli import explain
 from pulse.errors import JobFailed, PulseError, SparkStartFailed, StoreError, Unavailable, UsageError
-from pulse.live import StreamRefused
 from pulse.settings import PulseSettings
-from pulse.source.binance.live import UnknownSymbols
+from pulse.source.binance.live import StreamRefused, UnknownSymbols
 from pulse.source.binance.rest import BinanceRefused, RestError
 from pulse.source.replay import ReplayFormatError
 from pulse.storage.clickhouse import ChdbTransport

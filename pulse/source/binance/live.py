@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from pulse.errors import UsageError
+from pulse.errors import PulseError, Unavailable, UsageError
 from pulse.model import Gap, GapEvent, Trade
 from pulse.settings import ProducerSettings
 from pulse.source.base import FrameDecoder, Output, now_ms
@@ -148,6 +148,18 @@ def shards(symbols: Sequence[str], size: int = MAX_STREAMS_PER_CONNECTION) -> li
 ALL_SYMBOLS = "ALL"
 
 
+class StreamRefused(Unavailable, RuntimeError):
+    """Binance answered the handshake with a refusal before any connection opened."""
+
+
+class StreamUnreachable(Unavailable, RuntimeError):
+    """No connection to Binance's stream opened after several attempts."""
+
+
+# Connection attempts that failed before any succeeded: then the network, not luck, is the problem.
+_UNREACHABLE_AFTER = 3
+
+
 class UnknownSymbols(UsageError, ValueError):
     """Symbols the market does not list, or lists as not trading: nothing would ever arrive for them."""
 
@@ -257,6 +269,21 @@ class BinanceSource:
         if self.connected():
             return None
         return next((s.stats.last_refusal for s in self.streams if s.stats.last_refusal), None)
+
+    def fatal(self) -> PulseError | None:
+        """Binance refused the handshake (HTTP 451 from restricted regions, 403, 429) before any
+        connection opened, or no connection opened after several attempts."""
+        if self.ever_connected():
+            return None
+        problem = self.problem()
+        if problem is not None:
+            return StreamRefused(problem)
+        failures = sum(stream.stats.connect_failures for stream in self.streams)
+        if failures >= _UNREACHABLE_AFTER:
+            return StreamUnreachable(
+                f"no connection to Binance's stream at {self.streams[0].url.split('?')[0]} after {failures}"
+                " attempts: check the network (or PULSE_PRODUCER__WS_BASE_URL)")
+        return None
 
     def telemetry(self) -> Telemetry:
         totals = {"ws_connects": 0, "ws_reconnects": 0, "ws_connect_failures": 0, "ws_server_closes": 0,

@@ -2,7 +2,7 @@
 
 `GET /fapi/v1/aggTrades?symbol=..&fromId=..&limit=1000` costs 20 weight of USD-M's 2,400-per-minute
 IP budget (spot: `/api/v3/aggTrades`, 4 of 6,000; the market presets carry these numbers).
-`WeightBudget` spends that budget evenly (a token bucket refilled continuously), and a 429
+`WeightBudget` spends that budget evenly (aiolimiter's leaky bucket), and a 429
 (rate limited) or 418 (IP banned for ignoring 429s) stops every call until `Retry-After` has
 passed: hammering on would turn a minute's pause into a ban of hours. `exchangeInfo` (weight 1 on
 the futures markets, 20 on spot) is asked once, when a run wants every trading symbol (`--symbols all`)
@@ -18,6 +18,8 @@ from pathlib import Path
 
 import aiohttp
 import msgspec
+from aiolimiter import AsyncLimiter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from pulse.errors import Unavailable, first_line
 from pulse.source.binance.markets import Market
@@ -54,6 +56,19 @@ class BinanceRefused(RestError):
 _REFUSED = (451, 403)
 
 
+class _Transient(Exception):
+    """An attempt that may succeed if tried again (network, 5xx, 429/418)."""
+
+    def __init__(self, problem: str, rate_limited: int | None = None) -> None:
+        super().__init__(problem)
+        self.rate_limited = rate_limited
+
+
+def _rate_limited(state: RetryCallState) -> bool:
+    error = state.outcome.exception() if state.outcome is not None else None
+    return isinstance(error, _Transient) and error.rate_limited is not None
+
+
 class ExchangeSymbol(msgspec.Struct, frozen=True):
     """One entry of `exchangeInfo.symbols`; the other fields (filters, precisions...) are not read."""
 
@@ -80,41 +95,32 @@ def symbol_states(body: bytes) -> dict[str, str]:
 
 
 class WeightBudget:
-    """Token bucket over Binance's request weight, shared by every REST call of one process."""
+    """Binance's request weight per minute, spent through aiolimiter's leaky bucket (one per process,
+    shared by every REST call), with a pause on top for Retry-After: aiolimiter has no "nobody until T"."""
 
     def __init__(self, weight_per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self._capacity = float(weight_per_minute)
-        self._per_second = weight_per_minute / 60.0
-        self._available = float(weight_per_minute)
+        self._limiter = AsyncLimiter(weight_per_minute, 60.0)
         self._clock = clock
-        self._updated = clock()
         self._paused_until = 0.0
         self.waited_s = 0.0
-
-    def _refill(self) -> None:
-        now = self._clock()
-        self._available = min(self._capacity, self._available + (now - self._updated) * self._per_second)
-        self._updated = now
-
-    def delay_for(self, weight: int) -> float:
-        """Seconds to wait before `weight` may be spent (0 when it can be spent now)."""
-        self._refill()
-        pause = max(0.0, self._paused_until - self._clock())
-        shortfall = max(0.0, weight - self._available) / self._per_second
-        return max(pause, shortfall)
-
-    def spend(self, weight: int) -> None:
-        self._refill()
-        self._available -= weight
 
     def pause(self, seconds: float) -> None:
         self._paused_until = max(self._paused_until, self._clock() + seconds)
 
+    def paused_for(self) -> float:
+        """Seconds until a Retry-After has passed (0: none is pending)."""
+        return max(0.0, self._paused_until - self._clock())
+
+    def has_capacity(self, weight: int) -> bool:
+        """`weight` can be spent now (call from the loop that spends it)."""
+        return self.paused_for() == 0 and self._limiter.has_capacity(weight)
+
     async def acquire(self, weight: int) -> None:
-        while (delay := self.delay_for(weight)) > 0:
-            self.waited_s += delay
-            await asyncio.sleep(delay)
-        self.spend(weight)
+        started = self._clock()
+        while (pause := self.paused_for()) > 0:  # noqa: ASYNC110 - sleeps the pause itself; a 429 meanwhile extends it
+            await asyncio.sleep(pause)
+        await self._limiter.acquire(weight)
+        self.waited_s += self._clock() - started
 
 
 def _retry_after_s(headers: Mapping[str, str], default: float) -> float:
@@ -156,40 +162,45 @@ class BinanceRest:
                                              "exchangeInfo"))
 
     async def _get(self, url: str, params: dict[str, str], weight: int, what: str) -> bytes:
-        last_problem = "no attempt"
-        limited_by: int | None = None
-        for _ in range(_MAX_ATTEMPTS):
-            await self._budget.acquire(weight)
-            self.calls += 1
-            try:
-                async with self._session.get(url, params=params) as response:
-                    body = await response.read()
-                    status, headers = response.status, response.headers
-            except (aiohttp.ClientError, TimeoutError) as error:
-                self.failures += 1
-                last_problem = f"request failed: {error!r}"
-                await asyncio.sleep(self._server_error_pause_s)
-                continue
-            if status in _RATE_LIMITED:
-                self.rate_limited += 1
-                self._budget.pause(_retry_after_s(headers, default=60.0))
-                last_problem, limited_by = f"HTTP {status}", status
-                continue
-            if status >= 500:
-                self.failures += 1
-                last_problem = f"HTTP {status}"
-                await asyncio.sleep(self._server_error_pause_s)
-                continue
-            if status in _REFUSED:
-                self.failures += 1
-                raise BinanceRefused(status)
-            if status != 200:
-                self.failures += 1
-                raise RestError(f"{what}: HTTP {status} {body[:200]!r}")
-            return body
-        if limited_by is not None and last_problem == f"HTTP {limited_by}":
-            raise BinanceRefused(limited_by)  # still rate-limited after honouring Retry-After: say so
-        raise RestError(f"{what}: {last_problem} after {_MAX_ATTEMPTS} attempts")
+        """Up to `_MAX_ATTEMPTS` tries: a network error or 5xx after a pause, a 429/418 once its Retry-After
+        has passed (the budget waits), a refusal (451, 403) or another status never."""
+        retrying = AsyncRetrying(stop=stop_after_attempt(_MAX_ATTEMPTS), retry=retry_if_exception_type(_Transient),
+                                 wait=lambda state: 0.0 if _rate_limited(state) else self._server_error_pause_s,
+                                 reraise=True)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._get_once(url, params, weight, what)
+        except _Transient as last:
+            if last.rate_limited is not None:
+                raise BinanceRefused(last.rate_limited) from None  # still rate-limited after honouring Retry-After
+            raise RestError(f"{what}: {last} after {_MAX_ATTEMPTS} attempts") from None
+        raise AssertionError("unreachable: tenacity returns or raises")
+
+    async def _get_once(self, url: str, params: dict[str, str], weight: int, what: str) -> bytes:
+        await self._budget.acquire(weight)
+        self.calls += 1
+        try:
+            async with self._session.get(url, params=params) as response:
+                body = await response.read()
+                status, headers = response.status, response.headers
+        except (aiohttp.ClientError, TimeoutError) as error:
+            self.failures += 1
+            raise _Transient(f"request failed: {error!r}") from None
+        if status in _RATE_LIMITED:
+            self.rate_limited += 1
+            self._budget.pause(_retry_after_s(headers, default=60.0))
+            raise _Transient(f"HTTP {status}", rate_limited=status)
+        if status >= 500:
+            self.failures += 1
+            raise _Transient(f"HTTP {status}")
+        if status in _REFUSED:
+            self.failures += 1
+            raise BinanceRefused(status)
+        if status != 200:
+            self.failures += 1
+            raise RestError(f"{what}: HTTP {status} {body[:200]!r}")
+        return body
 
     def _parse(self, body: bytes, symbol: str) -> list[BinanceAggTrade]:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import orjson
@@ -14,14 +15,18 @@ from pulse.source.binance.wire import InvalidFrame, decode_frame, decode_rest_pa
 def test_weight_budget_spends_2400_per_minute_and_honours_retry_after():
     now = [0.0]
     budget = WeightBudget(2400, clock=lambda: now[0])
-    for _ in range(120):  # 120 calls of weight 20 = the whole minute's budget at once
-        assert budget.delay_for(20) == 0
-        budget.spend(20)
-    assert budget.delay_for(20) == pytest.approx(0.5)  # 20 weight refills in 0.5 s at 40/s
-    now[0] += 0.5
-    assert budget.delay_for(20) == 0
-    budget.pause(7)
-    assert budget.delay_for(20) == pytest.approx(7)
+
+    async def spend() -> None:
+        for _ in range(120):  # 120 calls of weight 20 = the whole minute's budget at once
+            assert budget.has_capacity(20)
+            await budget.acquire(20)
+        assert not budget.has_capacity(20)  # the 121st waits for the bucket to leak
+        budget.pause(7)
+        assert budget.paused_for() == pytest.approx(7)
+        now[0] += 7
+        assert budget.paused_for() == 0
+
+    asyncio.run(spend())
 
 
 def test_rest_item_becomes_the_same_wire_record_as_the_stream_frame():
