@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from tenacity import AsyncRetrying, RetryCallState, wait_exponential
 
 from pulse.broker.local_kafka import end_offsets
 from pulse.compute.stamps import freshness_ms, stamp_metrics, stamp_rejects
@@ -164,22 +165,22 @@ class StoreWriter:
 
     async def _insert_with_retry(self, updates: list[tuple[bytes, int]], rejects: list[bytes], stop: asyncio.Event,
                                  draining: bool) -> None:
-        pause = 0.1
-        while True:
-            try:
-                await asyncio.to_thread(self._insert, updates, rejects)
-            except Exception as error:  # a store outage: retried, /health red meanwhile
-                self.stats.insert_failures += 1
-                if self.stats.failing_since is None:
-                    self.stats.failing_since = time.monotonic()
-                    log.warning("insert failed, retrying with backoff", extra={"error": repr(error)})
-                if stop.is_set() and not draining:
-                    raise
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, self._settings.writer.retry_max_s)
-                continue
-            self.stats.failing_since = None
-            return
+        """Until the insert succeeds (a store outage is retried with exponential backoff, /health red
+        meanwhile), or a stop request comes while not draining."""
+        def give_up(state: RetryCallState) -> bool:
+            return stop.is_set() and not draining
+
+        def failed(state: RetryCallState) -> None:
+            self.stats.insert_failures += 1
+            if self.stats.failing_since is None:
+                self.stats.failing_since = time.monotonic()
+                error = state.outcome.exception() if state.outcome is not None else None
+                log.warning("insert failed, retrying with backoff", extra={"error": repr(error)})
+
+        retrying = AsyncRetrying(wait=wait_exponential(multiplier=0.1, max=self._settings.writer.retry_max_s),
+                                 stop=give_up, after=failed, reraise=True)
+        await retrying(asyncio.to_thread, self._insert, updates, rejects)
+        self.stats.failing_since = None
 
     def _insert(self, updates: list[tuple[bytes, int]], rejects: list[bytes]) -> None:
         stats = self.stats

@@ -9,6 +9,7 @@ Topics and databases are unique per test, so tests never see each other's data.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,11 @@ from pulse.broker.local_kafka import LocalKafkaBroker, ensure_topics
 from pulse.settings import KafkaSettings, PulseSettings
 from pulse.storage.clickhouse import ChdbEngine, ChdbTransport, apply_schema
 from tests.support.names import unique_name
+
+# A developer's own PULSE_* variables (a named broker, an HTTP store, another mode) must not steer the
+# tests, nor the `pulse` commands they start with this environment: every test sets what it needs.
+for _name in [name for name in os.environ if name.startswith("PULSE_")]:
+    del os.environ[_name]
 
 
 @pytest.fixture(scope="session")

@@ -124,6 +124,8 @@ class BinanceStream:
             await asyncio.wait_for(stop.wait(), timeout=seconds)
 
     async def _open_with_backoff(self, stop: asyncio.Event) -> _Connection | None:
+        # Not websockets' own `async for ws in connect(...)` loop: it cannot open the next connection
+        # while the old one still reads (the 24 h rotation), and it retries refusals (HTTP 451) unseen.
         settings = self._settings
         while not stop.is_set():
             if self._drops_in_a_row:
