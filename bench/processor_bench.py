@@ -16,7 +16,7 @@ start to the insert that made the last trade visible. Each run also reports wher
 
 Run: `make bench-processor` (python -m bench.processor_bench [--json]); BENCH_SECONDS (20) and
 BENCH_BACKLOG (300000) size it, BENCH_PARTITIONS (3) sets the topic's partitions, BENCH_WARMUP_SECONDS
-(BENCH_SECONDS) the unmeasured first run, BENCH_RTM_BATCHES (e.g. "5,30") extra runs of the default
+(BENCH_SECONDS; 0 skips it) the unmeasured first run, BENCH_RTM_BATCHES (e.g. "5,30") extra runs of the default
 job with other Real-Time Mode batch lengths. With --json the last line is
 {"mode", "freshness_ms": {"pulse", "microbatch", "seed_style": {"p50", "p99"}}, "freshness_ms_10k": {"pulse": {...}},
 "offered_per_s": 1000, "backlog_trades_per_s"}.
@@ -377,7 +377,8 @@ def main() -> None:
         spark = build_spark_session(base)
         bootstrap = shared.bootstrap
         # A fresh JVM compiles as it goes: the first run would pay for it and flatter every later one.
-        run(base, bootstrap, 1_000, int(1_000 * warmup), "pulse")
+        if warmup > 0:
+            run(base, bootstrap, 1_000, int(1_000 * warmup), "pulse")
         for name, job, rate in (("pulse", "pulse", 1_000), ("microbatch", "microbatch", 1_000),
                                 ("seed_style", "seed", 1_000), ("pulse_10k", "pulse", 10_000)):
             r = results[name] = run(base, bootstrap, rate, int(rate * seconds), job)

@@ -22,6 +22,19 @@ Side = Literal["BUY", "SELL"]
 SCHEMA_VERSION: Literal[1] = 1
 
 
+# The trade contract's bounds, checked by the producer (pulse.source.binance.wire) and again by the
+# job for anything else that writes to the trades topic (pulse.compute.columns); docs/producer.md.
+# Binance's own symbol rule: quarterly USD-M contracts are `BTCUSDT_260327`, COIN-M ones `BTCUSD_PERP`.
+SYMBOL_PATTERN = r"^[A-Z0-9_.\-]{1,20}$"
+# Binance opened in July 2017: a trade stamped earlier is a broken clock or field, not history.
+FIRST_TRADE_MS = 1_483_228_800_000  # 2017-01-01T00:00:00Z
+# A trade may be stamped at most this far after its frame's event time, its receipt or its Kafka time
+# (clocks drift, a little): one trade from the future would move the watermark past every later one.
+MAX_AHEAD_MS = 60_000
+# A trade message is ~300 characters; a Kafka value far larger is something else.
+MAX_MESSAGE_CHARS = 65_536
+
+
 class Signal(StrEnum):
     STRONG_BUY = "STRONG BUY"
     STRONG_SELL = "STRONG SELL"

@@ -18,7 +18,16 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from pulse.model import RejectV1, Signal, TradeMessageV1, WindowUpdateV1
+from pulse.model import (
+    FIRST_TRADE_MS,
+    MAX_AHEAD_MS,
+    MAX_MESSAGE_CHARS,
+    SYMBOL_PATTERN,
+    RejectV1,
+    Signal,
+    TradeMessageV1,
+    WindowUpdateV1,
+)
 from pulse.settings import SignalSettings
 
 # Differences smaller than this share of the magnitudes are float noise, never a signal.
@@ -67,12 +76,15 @@ def parse_messages(kafka_rows: DataFrame) -> DataFrame:
     raw_value = F.when(utf8, value).otherwise(F.concat(F.lit("base64:"), F.base64("value")))
     parsed = parsed.select("topic", "partition", "offset", "kafka_time", raw_value.alias("raw_value"),
                            utf8.alias("utf8"), "msg")
-    return parsed.withColumn("reject_reason", reject_reason(F.col("msg"), F.col("raw_value"), F.col("utf8")))
+    return parsed.withColumn("reject_reason", reject_reason(F.col("msg"), F.col("raw_value"), F.col("utf8"),
+                                                            F.col("kafka_time")))
 
 
-def reject_reason(msg: Column, raw_value: Column, utf8: Column) -> Column:
+def reject_reason(msg: Column, raw_value: Column, utf8: Column, kafka_time: Column) -> Column:
     """The first thing wrong with a message, or null."""
     reason = F.when(raw_value.isNull(), F.lit("empty message value"))
+    reason = reason.when(F.length(raw_value) > MAX_MESSAGE_CHARS,
+                         F.lit(f"value over {MAX_MESSAGE_CHARS:,} characters: not a trade message"))
     reason = reason.when(~utf8, F.lit("value is not UTF-8 text (raw_value holds it as base64)"))
     # from_json is lenient (a malformed value can come back as a struct of nulls), so ask the
     # strict parser whether the value is JSON at all before blaming a field.
@@ -91,6 +103,16 @@ def reject_reason(msg: Column, raw_value: Column, utf8: Column) -> Column:
     # The contract's minimum (docs/trade-message.v1.schema.json); the tables keep ids unsigned.
     for field in ("agg_trade_id", "timestamp", "ingest_time"):
         reason = reason.when(msg[field] < 0, F.lit(f"field '{field}' must be >= 0"))
+    # What the producer refuses too (pulse.source.binance.wire), for messages written to the topic
+    # by anything else: a symbol a query can carry, a trade time Binance could have made, and none
+    # from the future, which would move the watermark past every later trade.
+    reason = reason.when(~msg["symbol"].rlike(SYMBOL_PATTERN),
+                         F.lit("field 'symbol' must be a symbol (A-Z 0-9 _ . -, 1 to 20 long)"))
+    reason = reason.when(msg["timestamp"] < FIRST_TRADE_MS,
+                         F.lit("field 'timestamp' is before 2017-01-01, earlier than any Binance trade"))
+    reason = reason.when(msg["timestamp"] > F.unix_millis(kafka_time) + MAX_AHEAD_MS,
+                         F.lit(f"field 'timestamp' is more than {MAX_AHEAD_MS:,} ms after the record's Kafka time:"
+                               " a trade from the future would move the watermark"))
     return reason
 
 
@@ -127,7 +149,8 @@ def late_trades(trades: DataFrame, late_watermark_ms: int, window_seconds: int =
 def rejected_messages(parsed: DataFrame) -> DataFrame:
     return parsed.where(F.col("reject_reason").isNotNull()).select(
         "topic", "partition", "offset", "kafka_time",
-        F.col("reject_reason").alias("reason"), F.coalesce("raw_value", F.lit("")).alias("raw_value"),
+        F.col("reject_reason").alias("reason"),
+        F.substring(F.coalesce("raw_value", F.lit("")), 1, MAX_MESSAGE_CHARS).alias("raw_value"),
     )
 
 

@@ -18,6 +18,10 @@ from pulse.model import DeadLetter, GapEvent, Trade
 from pulse.source.binance.wire import InvalidFrame, NotATrade, decode_frame, to_trade
 from pulse.telemetry import Telemetry
 
+# Dead letters carry a raw payload up to this size whole, a larger one by its head.
+_DEAD_LETTER_RAW_MAX = 256 * 1024
+_DEAD_LETTER_HEAD = 4096
+
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -82,7 +86,10 @@ class FrameDecoder:
         except NotATrade:
             self.skipped += 1
         except InvalidFrame as invalid:
-            out.dead_letter(DeadLetter(raw=raw, reason=invalid.reason, source=self._source, received_ms=received))
+            # A large frame keeps its head: the dead-letter topic takes records of ~1 MB, and JSON escaping
+            # can double a payload.
+            kept = raw if len(raw) <= _DEAD_LETTER_RAW_MAX else raw[:_DEAD_LETTER_HEAD]
+            out.dead_letter(DeadLetter(raw=kept, reason=invalid.reason, source=self._source, received_ms=received))
         return None
 
     def telemetry(self) -> Telemetry:

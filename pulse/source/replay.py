@@ -24,6 +24,7 @@ from pathlib import Path
 import orjson
 
 from pulse.errors import UsageError
+from pulse.model import Trade
 from pulse.source.base import FrameDecoder, LocalSource, Output
 from pulse.telemetry import Telemetry
 
@@ -76,9 +77,16 @@ def read_replay_frames(path: Path, symbol: str | None, stats: ReplayStats | None
                        ) -> Iterator[RawFrame]:
     """Yield one frame per trade record of `path`, in file order."""
     stats = stats if stats is not None else ReplayStats()
-    with path.open("r", encoding="utf-8", errors="replace") as lines:
-        for raw_line in lines:
+    with path.open("rb") as lines:
+        for raw_bytes in lines:
             stats.lines += 1
+            try:
+                raw_line = raw_bytes.decode("utf-8")
+            except UnicodeDecodeError as error:
+                # Dead-lettered with the line as it was (the reason says where), not a replaced copy.
+                text = raw_bytes.decode("utf-8", "backslashreplace").strip()
+                yield RawFrame(text, f"not UTF-8 text: {error.reason} at byte {error.start} of the line")
+                continue
             line = _RECORDER_PREFIX.sub("", raw_line.strip(), count=1)
             if line.startswith("{"):
                 yield RawFrame(line)
@@ -109,6 +117,8 @@ class ReplaySource(LocalSource):
         self.symbols: list[str] = [self.symbol] if self.symbol else []
         self.stats = ReplayStats()
         self._decoder = FrameDecoder(self.name, self.symbol)
+        self._ids = RecentIds()
+        self.duplicates = 0
 
     async def setup(self) -> None:
         if not self.path.is_file():
@@ -132,7 +142,40 @@ class ReplaySource(LocalSource):
             elif count % 500 == 0:
                 await out.room()
 
+    def emit(self, raw: str | bytes, out: Output, invalid_reason: str | None = None) -> Trade | None:
+        """A trade once per (symbol, aggregate id), as the live source's sequencer passes it: a recording
+        that holds a frame twice (a reconnect's overlap, a concatenated file) counts it once."""
+        trade = self._decoder.decode(raw, out, invalid_reason)
+        if trade is None:
+            return None
+        if not self._ids.first(trade.symbol, trade.agg_trade_id):
+            self.duplicates += 1
+            return None
+        out.trade(trade)
+        return trade
+
     def telemetry(self) -> Telemetry:
         decoded = self._decoder.telemetry()
         return Telemetry(counters={**decoded.counters, "replay_lines": self.stats.lines,
-                                   "replay_lines_skipped": self.stats.skipped_lines})
+                                   "replay_lines_skipped": self.stats.skipped_lines, "duplicates": self.duplicates})
+
+
+class RecentIds:
+    """Aggregate ids seen per symbol, within a window below the highest: ids are consecutive per symbol
+    and recordings nearly in order, so a repeat lies close behind; memory stays bounded on any file."""
+
+    def __init__(self, window: int = 100_000) -> None:
+        self._window = window
+        self._seen: dict[str, set[int]] = {}
+        self._highest: dict[str, int] = {}
+
+    def first(self, symbol: str, agg_id: int) -> bool:
+        """True the first time (`symbol`, `agg_id`) comes; False for a repeat."""
+        seen = self._seen.setdefault(symbol, set())
+        if agg_id in seen:
+            return False
+        seen.add(agg_id)
+        highest = self._highest[symbol] = max(agg_id, self._highest.get(symbol, agg_id))
+        if len(seen) > 2 * self._window:
+            self._seen[symbol] = {i for i in seen if i > highest - self._window}
+        return True

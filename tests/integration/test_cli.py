@@ -23,6 +23,7 @@ from pulse.settings import KafkaSettings
 from tests.support.producer_harness import consume_all, fresh_topics, ids_by_symbol
 from tests.support.recordings import ARCHIVE_CSV, ROOT, USDM_RAW, recording
 from tests.support.reference import reference_windows, trades_from_recording
+from tests.support.signal_quality import reference_outcomes, reference_signal_quality
 from tests.support.terminal import JVM_LINE
 
 pytestmark = pytest.mark.integration
@@ -49,9 +50,15 @@ def jvm_children(pid: int) -> list[psutil.Process]:
     return [child for child in psutil.Process(pid).children(recursive=True) if "java" in child.name()]
 
 
-def test_make_demo_then_pulse_sql(tmp_path):
-    data_dir = tmp_path / "demo"
-    result = run("make", "demo", f"DATA_DIR={data_dir}")
+@pytest.fixture(scope="module")
+def make_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """One `make demo` of the bundled recording; the tests that only read its results share it."""
+    data_dir = tmp_path_factory.mktemp("make-demo") / "demo"
+    return data_dir, run("make", "demo", f"DATA_DIR={data_dir}")
+
+
+def test_make_demo_then_pulse_sql(make_demo):
+    data_dir, result = make_demo
     assert "== Pulse demo summary" in result.stdout
     progress = [line for line in result.stdout.splitlines() if line.startswith("[") and " windows" in line]
     assert progress, "the dashboard printed no progress line while the demo ran (stdout is no terminal)"
@@ -212,3 +219,28 @@ def test_jupyter_lab_serves_the_notebook(tmp_path):
     finally:
         lab.terminate()
         lab.wait(timeout=30)
+
+
+def test_make_demo_then_sql_gives_the_defined_signal_quality(make_demo):
+    """`pulse sql "SELECT * FROM pulse_signal_quality"` after the demo gives exactly the rows the
+    definition gives, computed independently over the same recording."""
+    data_dir, _ = make_demo
+    output = subprocess.run([PULSE, "sql", "SELECT * FROM pulse_signal_quality", "--format", "JSONEachRow",
+                             "--data-dir", str(data_dir)], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            check=True).stdout
+    rows = [json.loads(line) for line in output.splitlines() if line.strip()]
+
+    want = reference_signal_quality(reference_outcomes(reference_windows(trades_from_recording(
+        recording(USDM_RAW))).values()))
+    assert [list(row) for row in rows[:1]] == [["symbol", "signal", "horizon_s", "signals", "mean_return_bps",
+                                                "hit_rate_pct"]]
+    assert {(r["symbol"], r["signal"], int(r["horizon_s"])) for r in rows} == set(want)
+    assert {int(r["horizon_s"]) for r in rows} == {5, 30, 60}
+    for row in rows:
+        ref = want[(row["symbol"], row["signal"], int(row["horizon_s"]))]
+        assert int(row["signals"]) == ref.signals, row
+        assert row["mean_return_bps"] == pytest.approx(float(ref.mean_return_bps), rel=1e-9, abs=1e-9), row
+        if ref.hits is None:
+            assert row["hit_rate_pct"] is None, row
+        else:
+            assert round(row["hit_rate_pct"] * ref.signals / 100) == ref.hits, row

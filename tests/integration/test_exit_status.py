@@ -26,7 +26,9 @@ def _bench(module: str, cwd: Path, env: dict[str, str], *args: str) -> subproces
 
 @pytest.mark.parametrize(("module", "env", "args"), [
     ("bench.producer_bench", {}, ("--frames", "20000", "--seed-frames", "500", "--seconds", "2", "--json")),
-    ("bench.processor_bench", {"BENCH_SECONDS": "1", "BENCH_BACKLOG": "2000"}, ("--json",)),
+    # A smoke run: one second per job, no warm-up run.
+    ("bench.processor_bench", {"BENCH_SECONDS": "1", "BENCH_BACKLOG": "2000", "BENCH_WARMUP_SECONDS": "0"},
+     ("--json",)),
 ], ids=["producer_bench", "processor_bench"])
 def test_benchmarks_exit_0(tmp_path, module, env, args):
     result = _bench(module, tmp_path, env, *args)

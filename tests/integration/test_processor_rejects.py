@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from typing import Any
 
 import pytest
@@ -29,7 +30,8 @@ def _without(field: str) -> dict[str, Any]:
     return message
 
 
-Message = dict[str, Any] | bytes | str
+Message = dict[str, Any] | bytes | str | None
+SYMBOL_RULE = "field 'symbol' must be a symbol (A-Z 0-9 _ . -, 1 to 20 long)"
 BAD: list[tuple[Message, str]] = [
     (b'{"schema_version": 1, "symbol": "REJUSDT", "price": 1', "value is not valid JSON"),
     (b"\x00\xffnot text", "value is not UTF-8 text (raw_value holds it as base64)"),
@@ -49,13 +51,24 @@ BAD: list[tuple[Message, str]] = [
     (_without("schema_version"), "unsupported or missing schema_version (expected 1)"),
     (_trade(-18), "field 'agg_trade_id' must be >= 0"),
     (_trade(19, timestamp=-1), "field 'timestamp' must be >= 0"),
+    # Written by anything but the producer: what it would have refused, the job refuses too.
+    (None, "empty message value"),  # a tombstone
+    (_trade(20, symbol="REJ'USDT"), SYMBOL_RULE),
+    (_trade(21, symbol='REJ\\"; DROP TABLE pulse_metrics; --'), SYMBOL_RULE),
+    (_trade(22, symbol="R" * 5_000), SYMBOL_RULE),
+    (_trade(23, timestamp=1_000), "field 'timestamp' is before 2017-01-01, earlier than any Binance trade"),
+    # A year ahead: accepted, it would move the watermark and GOOD[2], after it, would be dropped as late.
+    (_trade(24, timestamp=int(time.time() * 1000) + 365 * 86_400_000),
+     "field 'timestamp' is more than 60,000 ms after the record's Kafka time: a trade from the future would move"
+     " the watermark"),
+    (json.dumps({**_trade(25), "padding": "x" * 100_000}), "value over 65,536 characters: not a trade message"),
 ]
 GOOD = [_trade(1), _trade(2), _trade(3)]
 
 
 def test_corrupted_messages_go_to_pulse_rejects_with_their_coordinates(kafka, spark, database, settings):
-    assert "NaN," in encode(BAD[9][0]).decode()
-    assert "1e999" in encode(BAD[11][0]).decode()
+    assert "NaN," in (encode(BAD[9][0]) or b"").decode()
+    assert "1e999" in (encode(BAD[11][0]) or b"").decode()
     topic = settings.kafka.trades_topic
     # Interleave so that bad and good messages share micro-batches and partitions.
     sent = write_messages(kafka.bootstrap, topic, [GOOD[0], *[m for m, _ in BAD[:6]], GOOD[1],
@@ -71,9 +84,12 @@ def test_corrupted_messages_go_to_pulse_rejects_with_their_coordinates(kafka, sp
     for row, (written, reason) in zip(rejects, expected, strict=True):
         assert (row["topic"], row["partition"], row["offset"]) == (topic, written.partition, written.offset)
         assert row["reason"] == reason, row
-        # Kept verbatim as text; bytes that are not UTF-8 losslessly as base64.
+        # Kept verbatim as text (an oversized one by its head); bytes that are not UTF-8 losslessly as base64.
+        if written.value is None:
+            assert row["raw_value"] == ""
+            continue
         try:
-            assert row["raw_value"] == written.value.decode()
+            assert row["raw_value"] == written.value.decode()[:65_536]
         except UnicodeDecodeError:
             assert base64.b64decode(row["raw_value"].removeprefix("base64:")) == written.value
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,7 +41,7 @@ from tests.support.pipeline import metrics_rows, publish_recording
 from tests.support.processor_process import WINDOWS_SQL, pulse_sql
 from tests.support.producer_harness import fresh_topics
 from tests.support.recordings import SPOT_RAW, USDM_RAW, recording
-from tests.support.reference import RefWindow, reference_windows, trades_from_recording
+from tests.support.reference import assert_windows_match, reference_windows, trades_from_recording
 from tests.support.scale_out import (
     batches,
     describe_topic,
@@ -59,29 +58,6 @@ pytestmark = pytest.mark.integration
 JOB_TIMEOUT_S = 300
 # Every task of both Real-Time Mode queries runs at once: one slot spare over what the job needs.
 WORKER_CORES = PulseSettings().task_slots() + 1
-
-
-def _close(actual: float, expected: float) -> bool:
-    return math.isclose(actual, expected, rel_tol=1e-9, abs_tol=1e-9)
-
-
-def assert_windows_match(rows: list[dict[str, Any]], reference: dict[tuple[str, int], RefWindow]) -> None:
-    """Every window of the table equals the reference's, and no window is missing or extra."""
-    # JSONEachRow (`pulse sql`) quotes 64-bit integers; Arrow does not.
-    rows = [{**r, **{k: int(r[k]) for k in ("window_start_ms", "trade_count", "first_agg_trade_id",
-                                           "last_agg_trade_id")}} for r in rows]
-    assert {(r["symbol"], r["window_start_ms"]) for r in rows} == set(reference), "window keys differ"
-    for row in rows:
-        want = reference[(row["symbol"], row["window_start_ms"])]
-        where = f"{row['symbol']} @ {row['window_start_ms']}"
-        assert row["trade_count"] == want.trade_count, where
-        assert row["signal"] == want.signal, where
-        for column, expected in [("vwap", want.vwap), ("net_delta", want.net_delta),
-                                 ("buy_pressure_pct", want.buy_pressure_pct), ("total_volume", want.total_volume),
-                                 ("avg_price_1_sec", want.avg_price), ("open", want.open), ("high", want.high),
-                                 ("low", want.low), ("close", want.close)]:
-            assert _close(row[column], expected), f"{where}: {column} {row[column]} != {expected}"
-        assert (row["first_agg_trade_id"], row["last_agg_trade_id"]) == (want.first_agg_id, want.last_agg_id), where
 
 
 # --- Spark standalone ---------------------------------------------------------------------------------

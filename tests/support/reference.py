@@ -7,10 +7,12 @@ the code under test cannot hide in a shared helper.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from tests.support.recordings import recorded_payloads
 
@@ -106,3 +108,25 @@ def is_late(trade_time_ms: int, late_watermark_ms: int, window_ms: int = 1000) -
     has been closed, not when the trade itself is older than the watermark.
     """
     return (trade_time_ms // window_ms + 1) * window_ms <= late_watermark_ms
+
+
+def assert_windows_match(rows: list[dict[str, Any]], reference: dict[tuple[str, int], RefWindow]) -> None:
+    """Every window of the table equals the reference's, and no window is missing or extra."""
+    def close(actual: float, expected: float) -> bool:
+        return math.isclose(actual, expected, rel_tol=1e-9, abs_tol=1e-9)
+
+    # JSONEachRow (`pulse sql`) quotes 64-bit integers; Arrow does not.
+    rows = [{**r, **{k: int(r[k]) for k in ("window_start_ms", "trade_count", "first_agg_trade_id",
+                                           "last_agg_trade_id")}} for r in rows]
+    assert {(r["symbol"], r["window_start_ms"]) for r in rows} == set(reference), "window keys differ"
+    for row in rows:
+        want = reference[(row["symbol"], row["window_start_ms"])]
+        where = f"{row['symbol']} @ {row['window_start_ms']}"
+        assert row["trade_count"] == want.trade_count, where
+        assert row["signal"] == want.signal, where
+        for column, expected in [("vwap", want.vwap), ("net_delta", want.net_delta),
+                                 ("buy_pressure_pct", want.buy_pressure_pct), ("total_volume", want.total_volume),
+                                 ("avg_price_1_sec", want.avg_price), ("open", want.open), ("high", want.high),
+                                 ("low", want.low), ("close", want.close)]:
+            assert close(row[column], expected), f"{where}: {column} {row[column]} != {expected}"
+        assert (row["first_agg_trade_id"], row["last_agg_trade_id"]) == (want.first_agg_id, want.last_agg_id), where

@@ -18,21 +18,23 @@ Binance adds fields without notice and rejecting them would turn a schema extens
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Literal
 
 import msgspec
 
-from pulse.model import Trade
+from pulse.model import FIRST_TRADE_MS, MAX_AHEAD_MS, SYMBOL_PATTERN, Trade
 
-# Binance's own symbol rule (`^[A-Z0-9-_.]{1,20}$`): quarterly USD-M contracts are `BTCUSDT_260327`,
-# COIN-M ones `BTCUSD_PERP`.
-SYMBOL_PATTERN = r"^[A-Z0-9_.\-]{1,20}$"
 Symbol = Annotated[str, msgspec.Meta(pattern=SYMBOL_PATTERN)]
 # A decimal string > 0: digits with at least one non-zero; no sign, exponent, NaN or infinity.
 PositiveDecimal = Annotated[str, msgspec.Meta(pattern=r"^(?=[0-9.]*[1-9])[0-9]+(?:\.[0-9]+)?$")]
-Id = Annotated[int, msgspec.Meta(ge=0)]
-EpochMs = Annotated[int, msgspec.Meta(ge=0)]
+_INT64_MAX = 2**63 - 1
+Id = Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)]
+EpochMs = Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)]
+TradeTime = Annotated[int, msgspec.Meta(ge=FIRST_TRADE_MS, le=_INT64_MAX)]
+# An aggTrade frame is ~250 bytes; anything near this is not one, and a dead letter carries its head.
+MAX_FRAME_BYTES = 1 << 20
 
 _is_symbol = re.compile(SYMBOL_PATTERN).match
 
@@ -63,7 +65,7 @@ class BinanceAggTrade(msgspec.Struct, frozen=True):
     q: PositiveDecimal  # quantity (USD-M: includes RPI orders)
     f: Id  # first trade id in the aggregate
     l: Id  # last trade id in the aggregate  # noqa: E741 - Binance's letter
-    T: EpochMs  # trade time: the pipeline's event time
+    T: TradeTime  # trade time: the pipeline's event time
     m: bool  # buyer is the maker: true means the taker SOLD
     nq: PositiveDecimal | None = None  # USD-M only: quantity without RPI orders
 
@@ -96,7 +98,7 @@ class RestAggTrade(msgspec.Struct, frozen=True):
     q: PositiveDecimal
     f: Id
     l: Id  # noqa: E741 - Binance's letter
-    T: EpochMs
+    T: TradeTime
     m: bool
 
 
@@ -118,6 +120,10 @@ def _reason(error: msgspec.MsgspecError) -> str:
     if "matching regex" in text:
         text = ("must be a Binance symbol (A-Z 0-9 _ . -, 1 to 20 long)" if field == "s"
                 else "must be a decimal string > 0")
+    elif field.endswith("T") and f">= {FIRST_TRADE_MS}" in text:
+        text = "trade time before 2017-01-01, earlier than any Binance trade"
+    elif f"<= {_INT64_MAX}" in text:
+        text = "beyond a 64-bit integer"
     return f"field {field!r}: {text[0].lower()}{text[1:]}"
 
 
@@ -134,6 +140,17 @@ def decode_frame(raw: str | bytes, default_symbol: str | None = None) -> Binance
     Raises `NotATrade` for frames of other streams and `InvalidFrame` for anything broken.
     `default_symbol` names the symbol of recordings whose payloads carry none.
     """
+    if len(raw) > MAX_FRAME_BYTES:
+        raise InvalidFrame(f"frame of {len(raw):,} bytes, over the {MAX_FRAME_BYTES:,}-byte limit")
+    try:
+        return _decode_frame(raw, default_symbol)
+    except RecursionError:
+        raise InvalidFrame("not JSON Pulse reads: nested deeper than the decoder follows") from None
+    except UnicodeDecodeError as error:
+        raise InvalidFrame(f"not UTF-8 text: {error.reason} at byte {error.start}") from None
+
+
+def _decode_frame(raw: str | bytes, default_symbol: str | None) -> BinanceAggTrade:
     if default_symbol is None:
         try:
             return _trade_envelope.decode(raw).data
@@ -179,18 +196,32 @@ def decode_rest_page(body: bytes, symbol: str) -> list[BinanceAggTrade]:
                                    l=item.l, T=item.T, m=item.m) for item in page), key=lambda trade: trade.a)
 
 
+def _positive_double(field: str, text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < math.inf:  # digits alone can still overflow (inf) or underflow (0.0) a double
+        raise InvalidFrame(f"field {field!r}: {text[:24]}{'...' if len(text) > 24 else ''} is not a positive"
+                           " finite double")
+    return value
+
+
 def to_trade(wire: BinanceAggTrade, ingest_time_ms: int) -> Trade:
-    """The one conversion from Binance's wire record to the domain record."""
+    """The one conversion from Binance's wire record to the domain record (the last checks that need
+    numbers: doubles in range, a trade time not ahead of the event time or the receipt)."""
+    ahead = wire.T - min(wire.E, ingest_time_ms)
+    if ahead > MAX_AHEAD_MS:
+        against = "the frame's event time" if ingest_time_ms >= wire.E else "its receipt"
+        raise InvalidFrame(f"field 'T': {ahead:,} ms after {against}, more than {MAX_AHEAD_MS:,} ms: a trade from"
+                           " the future would move the watermark")
     return Trade(
         symbol=wire.s,
         agg_trade_id=wire.a,
-        price=float(wire.p),
-        quantity=float(wire.q),
+        price=_positive_double("p", wire.p),
+        quantity=_positive_double("q", wire.q),
         first_trade_id=wire.f,
         last_trade_id=wire.l,
         trade_time_ms=wire.T,
         event_time_ms=wire.E,
         buyer_is_maker=wire.m,
         ingest_time_ms=ingest_time_ms,
-        quantity_no_rpi=float(wire.nq) if wire.nq is not None else None,
+        quantity_no_rpi=_positive_double("nq", wire.nq) if wire.nq is not None else None,
     )

@@ -12,11 +12,11 @@ import pytest
 
 from pulse.model import DeadLetter, GapEvent, Trade
 from pulse.source.binance.wire import InvalidFrame, NotATrade, decode_frame
-from pulse.source.replay import ReplayFormatError, ReplaySource, ReplayStats, read_replay_frames
+from pulse.source.replay import RecentIds, ReplayFormatError, ReplaySource, ReplayStats, read_replay_frames
 from tests.support.recordings import ARCHIVE_CSV, SPOT_RAW, USDM_RAW, recording
 
-AGG = {"e": "aggTrade", "E": 1, "a": 7, "s": "BTCUSDT", "p": "100.5", "q": "0.25", "f": 1, "l": 2, "T": 1000,
-       "m": False}
+AGG = {"e": "aggTrade", "E": 1617647797500, "a": 7, "s": "BTCUSDT", "p": "100.5", "q": "0.25", "f": 1, "l": 2,
+       "T": 1617647797000, "m": False}
 
 
 def trades_of(path: Path, symbol: str | None = None, stats: ReplayStats | None = None) -> list[Any]:
@@ -149,8 +149,8 @@ def _replay(source: ReplaySource) -> Collected:
 
 def test_replay_source_emits_trades_and_dead_letters_and_paces_by_trade_time(tmp_path):
     path = tmp_path / "paced.jsonl"
-    path.write_text("\n".join([json.dumps({**AGG, "a": 1, "T": 1000}), '{"e": truncated',
-                               json.dumps({**AGG, "a": 2, "T": 1400})]) + "\n")
+    path.write_text("\n".join([json.dumps({**AGG, "a": 1, "T": 1617647797000}), '{"e": truncated',
+                               json.dumps({**AGG, "a": 2, "T": 1617647797400})]) + "\n")
     started = time.monotonic()
     out = _replay(ReplaySource(path, speed=2.0))
     assert time.monotonic() - started >= 0.2 - 0.02, "400 ms of trade time at 2x must take ~200 ms"
@@ -170,3 +170,22 @@ def test_quarterly_and_coin_m_contract_symbols_are_binance_symbols(tmp_path):
 def test_a_missing_recording_fails_at_setup(tmp_path):
     with pytest.raises(FileNotFoundError, match="no recording"):
         asyncio.run(ReplaySource(tmp_path / "absent.raw").setup())
+
+
+def test_a_repeated_aggregate_id_is_replayed_once_as_live_would_pass_it(tmp_path):
+    path = tmp_path / "repeats.jsonl"
+    frames = [json.dumps({**AGG, "a": a, "s": s}) for a, s in
+              [(1, "BTCUSDT"), (2, "BTCUSDT"), (1, "BTCUSDT"), (1, "ETHUSDT"), (3, "BTCUSDT"), (2, "BTCUSDT")]]
+    path.write_text("\n".join(frames) + "\n")
+    source = ReplaySource(path)
+    out = _replay(source)
+    assert [(t.symbol, t.agg_trade_id) for t in out.trades] == [("BTCUSDT", 1), ("BTCUSDT", 2), ("ETHUSDT", 1),
+                                                                ("BTCUSDT", 3)]
+    assert source.telemetry().counters["duplicates"] == 2 and not out.dead_letters
+
+
+def test_recent_ids_forget_only_ids_far_below_the_highest():
+    ids = RecentIds(window=10)
+    assert all(ids.first("X", i) for i in range(100))
+    assert not ids.first("X", 99) and not ids.first("X", 91)
+    assert ids.first("Y", 99)

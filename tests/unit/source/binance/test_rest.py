@@ -38,7 +38,7 @@ def test_rest_item_becomes_the_same_wire_record_as_the_stream_frame():
 
 
 def test_rest_page_is_sorted_by_id_and_refused_whole_when_one_item_is_broken():
-    items = [{"a": a, "p": "1.5", "q": "2", "f": a, "l": a, "T": 1, "m": False} for a in (7, 5, 6)]
+    items = [{"a": a, "p": "1.5", "q": "2", "f": a, "l": a, "T": 1498793709153, "m": False} for a in (7, 5, 6)]
     assert [t.a for t in decode_rest_page(orjson.dumps(items), "BTCUSDT")] == [5, 6, 7]
     with pytest.raises(InvalidFrame, match=re.escape("field '[1].p'")):
         decode_rest_page(orjson.dumps([items[0], {**items[1], "p": "-1"}]), "BTCUSDT")
