@@ -183,6 +183,26 @@ def test_every_panel_query_runs_and_returns_the_columns_it_plots(stack: Stack, s
     assert checked >= 25
 
 
+HOSTILE_SYMBOLS = ["x' OR 1=1 --", "x\\' OR 1=1 --", "\\", "'; DROP TABLE pulse_metrics; --", "BTC\u0000", "é'\""]
+
+
+@pytest.mark.parametrize("symbol", HOSTILE_SYMBOLS)
+def test_a_symbol_variable_can_never_close_the_sql_string_it_lands_in(stack: Stack, symbol: str) -> None:
+    """A user can put anything in `var-symbol=` of a dashboard URL: every query that reads it runs, and
+    matches nothing, whatever quotes or backslashes the value holds."""
+    tr = stack.time_range(RANGES["10m"][0])
+    uses = 0
+    for dashboard in dashboards().values():
+        queries = [t["rawSql"] for p in panels(dashboard) for t in p.get("targets", [])]
+        queries += [a["target"]["rawSql"] for a in annotation_queries(dashboard)]
+        for sql in (q for q in queries if "${symbol" in q):
+            uses += 1
+            rows = stack.run(sql, tr, {"symbol": symbol, "rollup": "pulse_metrics_1s"}).to_pylist()
+            assert all(row.get("symbol") in (None, symbol) for row in rows), sql
+            assert not any(row.get("trade_count") or row.get("windows") for row in rows), sql
+    assert uses >= 10
+
+
 def test_signal_panels_show_each_window_once_with_the_reference_values(stack: Stack) -> None:
     (signals,) = [d for d in dashboards().values() if d["uid"] == "pulse-signals"]
     by_title = {p["title"]: p["targets"][0]["rawSql"] for p in panels(signals) if p.get("targets")}

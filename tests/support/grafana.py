@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -62,8 +63,14 @@ def alert_rules() -> list[dict[str, Any]]:
 
 
 def interpolate(sql: str, variables: Mapping[str, str]) -> str:
-    """Replace `${name}` and `$name` for the given dashboard variables, as Grafana's frontend does."""
+    """Replace `${name}`, `${name:percentencode}` and `$name` for the given dashboard variables, as
+    Grafana's frontend does. percentencode is Grafana's encodeURIComponentStrict: everything but
+    A-Z a-z 0-9 - _ . ~ as %XX of its UTF-8 bytes, so a value can never close a SQL string literal."""
     for name, value in variables.items():
+        encoded = urllib.parse.quote(value, safe="")
+        sql = sql.replace("${" + name + ":percentencode}", encoded)
+        if re.search(r"\$\{" + re.escape(name) + r":", sql):
+            raise ValueError(f"a format of ${{{name}}} that this test double does not implement: {sql}")
         # A function, not a replacement string, so backslashes in a value stay literal.
         sql = re.sub(r"\$\{" + re.escape(name) + r"\}|\$" + re.escape(name) + r"\b", _literal(value), sql)
     return sql
