@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from pulse.telemetry import LatencyHistogram
+import socket
+import urllib.error
+import urllib.request
+
+import pytest
+
+from pulse.telemetry import HealthServer, LatencyHistogram, Telemetry
 
 
 def test_latency_histogram_buckets_are_cumulative():
@@ -48,3 +54,33 @@ def test_every_component_counter_reaches_the_scrape():
         assert f"pulse_producer_{counter}" in names, counter
     for gauge in ("queue_depth", "in_flight", "connected", "ready", "ws_connections"):
         assert f"pulse_producer_{gauge}" in names, gauge
+
+
+def test_the_health_server_survives_slow_clients_floods_404s_and_other_methods():
+    """The job's and the writer's server (HealthServer), and the producer's, are one aiohttp server
+    (start_metrics_server): a client that sends half a request is dropped after the keep-alive
+    timeout, hundreds of idle connections hold no thread, other paths get 404, other methods 405."""
+    server = HealthServer(lambda: Telemetry(counters={"frames_received": 1}), lambda: {"ready": True}, 0,
+                          "127.0.0.1", "pulse_test_")
+    url = f"http://127.0.0.1:{server.port}"
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as slow:
+            slow.sendall(b"GET /metrics HTTP/1.1\r\nHost: pulse\r\n")  # and never the blank line
+            assert slow.recv(100) == b"", "a half-sent request is closed, not answered or held forever"
+        idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(300)]
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                assert response.status == 200
+            with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+                assert b"pulse_test_frames_received_total 1.0" in response.read()
+        finally:
+            for connection in idle:
+                connection.close()
+        for request, status in [(urllib.request.Request(f"{url}/nothing-here"), 404),
+                                (urllib.request.Request(f"{url}/health", method="POST", data=b"x"), 405),
+                                (urllib.request.Request(f"{url}/metrics", method="DELETE"), 405)]:
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=5)
+            assert refused.value.code == status
+    finally:
+        server.close()
