@@ -95,7 +95,8 @@ def _build_parser() -> argparse.ArgumentParser:
     produce.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics and /health port")
     produce.add_argument("--data-dir", type=Path, default=None, help="where the embedded broker keeps its data")
 
-    sql = commands.add_parser("sql", help="query the results of a run (chDB store in the data directory)",
+    sql = commands.add_parser("sql", help="query the results of a run (the chDB store in the data directory, or the"
+                              " ClickHouse server PULSE_CLICKHOUSE__TRANSPORT=http names)",
                               parents=[common])
     sql.add_argument("query", help='e.g. "SELECT symbol, count() FROM pulse_metrics GROUP BY symbol"')
     sql.add_argument("--data-dir", type=Path, default=None)
@@ -350,8 +351,20 @@ def _output_discarded() -> Iterator[None]:
 
 
 def _run_sql(args: argparse.Namespace, settings: PulseSettings) -> int:
-    from pulse.storage.clickhouse import ChdbTransport  # noqa: PLC0415
+    from pulse.storage.clickhouse import ChdbTransport, ClickHouseTransport, open_transport  # noqa: PLC0415
 
+    # Libraries' warnings (the HTTP client's) would reach the terminal through logging's last resort;
+    # what went wrong reaches it as Pulse's one line.
+    logging.getLogger().addHandler(logging.NullHandler())
+    fmt = "PrettyCompactMonoBlock" if args.format == "pretty" else args.format
+    transport: ClickHouseTransport
+    if settings.clickhouse.transport == "http":  # the server PULSE_CLICKHOUSE__* names
+        transport = open_transport(settings.clickhouse, settings.chdb_path)
+        try:
+            sys.stdout.write(transport.query_text(args.query, fmt))
+        finally:
+            transport.close()
+        return 0
     if not settings.chdb_path.exists():
         raise UsageError(f"no results at {settings.chdb_path}: run `pulse demo` or `pulse live` first"
                          " (or pass the --data-dir of that run)")
@@ -364,7 +377,6 @@ def _run_sql(args: argparse.Namespace, settings: PulseSettings) -> int:
         raise Unavailable(f"the store at {settings.chdb_path} is open in another process (a running `pulse live`"
                           " or `pulse demo`?): query it once that run has stopped") from None
     try:
-        fmt = "PrettyCompactMonoBlock" if args.format == "pretty" else args.format
         sys.stdout.write(transport.query_text(args.query, fmt))
     finally:
         transport.close()

@@ -7,6 +7,7 @@ This module is at the bottom of the layers (beside model and settings): any laye
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 
@@ -38,9 +39,17 @@ class StoreError(PulseError, RuntimeError):
         self.over_http = over_http
 
     def line(self, logs: Path) -> str:
-        if self.over_http:
-            return f"ClickHouse (HTTP) failed: {first_line(str(self))}; check PULSE_CLICKHOUSE__* settings"
-        return f"ClickHouse refused the query: {first_line(str(self))}"
+        if not self.over_http:
+            return f"ClickHouse refused the query: {first_line(str(self))}"
+        text = str(self)
+        # The HTTP client's own words are a paragraph; these two are what a user acts on.
+        if refused := re.search(r"host='([^']*)', port=(\d+)\).*Connection refused", text, re.DOTALL):
+            what = f"connection refused at {refused[1]}:{refused[2]} (is the server running?)"
+        elif "timed out" in text:
+            what = "the server did not answer in time (timed out; PULSE_CLICKHOUSE__TIMEOUT_S)"
+        else:
+            what = first_line(text)
+        return f"ClickHouse (HTTP) failed: {what}; check PULSE_CLICKHOUSE__* settings"
 
 
 class JobFailed(PulseError, RuntimeError):

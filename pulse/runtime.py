@@ -477,7 +477,7 @@ class Runtime:
         if parts.queries is None:
             assert writer is not None
             server = HealthServer(writer.telemetry, writer.health, settings.writer.health_port,
-                                  settings.writer.health_host, "pulse_writer_")
+                                  settings.writer.health_host, "pulse_writer_", "PULSE_WRITER__HEALTH_PORT")
         else:
             queries = parts.queries
 
@@ -499,7 +499,7 @@ class Runtime:
                                  histograms={f"writer_{k}": v for k, v in own.histograms.items()})
 
             server = HealthServer(snapshot, health, settings.spark.health_port, settings.spark.health_host,
-                                  "pulse_processor_")
+                                  "pulse_processor_", "PULSE_SPARK__HEALTH_PORT")
         parts.health.append(server)
         self.health_port = server.port
 

@@ -219,6 +219,9 @@ class ClickHouseSettings(BaseModel):
     username: str = "pulse_writer"
     password: SecretStr = SecretStr("")
     secure: bool = False
+    # Seconds to connect, and to wait for an answer, over HTTP: a stalled server fails a call (the writer
+    # retries it) instead of hanging the process.
+    timeout_s: float = Field(default=30.0, gt=0)
     # Create the tables over HTTP too (chDB stores always get them); every statement is idempotent.
     apply_schema: bool = False
 
@@ -261,10 +264,12 @@ class PulseSettings(BaseSettings):
     def task_slots(self) -> int:
         """Local task slots the job needs: Real-Time Mode keeps every task of both queries running
         at once (metrics: a task per input partition plus the shuffle partitions; rejects: a task
-        per input partition); micro-batches need no more than the machine's two cores."""
+        per input partition), plus one for the late-trade count, a batch job of one task that runs
+        when a batch dropped trades behind the watermark; micro-batches need no more than the
+        machine's two cores."""
         if not self.realtime:
             return 2
-        return 2 * self.kafka.partitions + self.spark.shuffle_partitions
+        return 2 * self.kafka.partitions + self.spark.shuffle_partitions + 1
 
     def short_batches(self) -> PulseSettings:
         """These settings for a run whose end is awaited (a replay, `--until-idle`, `pulse live`'s

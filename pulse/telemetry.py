@@ -25,6 +25,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from pythonjsonlogger.json import JsonFormatter
 
+from pulse.errors import Unavailable
+
 # Seconds: from sub-millisecond (publish at low rate) to a minute (broker outage, REST gap fill).
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                      30.0, 60.0)
@@ -151,8 +153,13 @@ class TelemetryCollector(Collector):
 _KEEPALIVE_S = 5.0
 
 
+class PortUnavailable(Unavailable):
+    """The /health and /metrics port is taken (another Pulse process?) or not ours to bind."""
+
+
 async def start_metrics_server(snapshot: Callable[[], Telemetry], ready: Callable[[], Mapping[str, Any]],
-                               port: int, host: str, prefix: str = "pulse_producer_") -> tuple[web.AppRunner, int]:
+                               port: int, host: str, prefix: str = "pulse_producer_",
+                               setting: str = "PULSE_PRODUCER__METRICS_PORT") -> tuple[web.AppRunner, int]:
     """`/metrics` (Prometheus text) and `/health` (200 when ready, else 503); returns the bound port.
 
     aiohttp serves each connection as a task of one loop: a slow or idle client holds no thread, idle
@@ -175,7 +182,12 @@ async def start_metrics_server(snapshot: Callable[[], Telemetry], ready: Callabl
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=_KEEPALIVE_S)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as error:
+        await runner.cleanup()
+        raise PortUnavailable(f"cannot serve /health and /metrics on {host}:{port}: {error.strerror}; set"
+                              f" {setting} to a free port (0 picks one)") from None
     bound: int = runner.addresses[0][1]
     return runner, bound
 
@@ -185,10 +197,10 @@ class HealthServer:
     store writer): on a loop and thread of its own, bound when constructed, ended by `close()`."""
 
     def __init__(self, snapshot: Callable[[], Telemetry], ready: Callable[[], Mapping[str, Any]], port: int,
-                 host: str, prefix: str) -> None:
+                 host: str, prefix: str, setting: str) -> None:
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name="pulse-health", daemon=True).start()
-        started = asyncio.run_coroutine_threadsafe(start_metrics_server(snapshot, ready, port, host, prefix),
+        started = asyncio.run_coroutine_threadsafe(start_metrics_server(snapshot, ready, port, host, prefix, setting),
                                                    self._loop)
         try:
             self._runner, self.port = started.result(timeout=30)

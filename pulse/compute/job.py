@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,9 +41,11 @@ from pulse.compute.columns import (
 )
 from pulse.compute.progress import batch_watermark_ms, health_row, job_health, kafka_offsets, now_ms
 from pulse.compute.stamps import stamp_metrics, stamp_rejects
-from pulse.errors import JobFailed
+from pulse.errors import JobFailed, StoreError
 from pulse.settings import PulseSettings
 from pulse.storage.sinks import PulseSinks
+
+log = logging.getLogger(__name__)
 
 METRICS_QUERY = "pulse_metrics"
 REJECTS_QUERY = "pulse_rejects"
@@ -90,6 +93,9 @@ class LateTradeCounter:
             .option("endingOffsets", json.dumps(end))
             .option("failOnDataLoss", "false")
             .load()
+            # One task, not one per partition: in Real-Time Mode every other slot is held by the
+            # queries' long-running tasks (PulseSettings.task_slots keeps one free for this).
+            .coalesce(1)
         )
         return late_trades(valid_trades(parse_messages(rows)), late_watermark).count()
 
@@ -136,6 +142,7 @@ class HealthListener:
         self.last_batch_ms = 0
         self.timings = BatchTimings()
         self._jlistener: Any = None
+        self.health_rows_lost = 0
 
     def attach(self, spark: SparkSession) -> None:
         from pyspark.java_gateway import ensure_callback_server_started  # noqa: PLC0415
@@ -170,7 +177,14 @@ class HealthListener:
                        for source in progress.get("sources", []))
         if query_id == self.metrics_query_id:
             self.last_batch_ms = int(progress.get("durationMs", {}).get("triggerExecution", 0))
-        self._sinks.health.write(health_row(progress, late))
+        try:
+            self._sinks.health.write(health_row(progress, late))
+        except StoreError as error:
+            # The store is down (the writer retries the windows, /health says so): a progress row is
+            # telemetry, counted as lost rather than thrown into Spark's listener thread.
+            if not self.health_rows_lost:
+                log.warning("pulse_health rows are lost while the store refuses them", extra={"error": repr(error)})
+            self.health_rows_lost += 1
         self.timings.add("listener", started)
 
 
@@ -224,7 +238,7 @@ class PulseQueries:
             if "CONCURRENT_SCHEDULER_INSUFFICIENT_SLOT" in str(error):
                 # Spark's documented error class: Real-Time Mode runs all its tasks at once.
                 raise JobFailed(f"streaming query {query.name} needs more task slots than the cluster offers: "
-                                   f"give it 2 x partitions + shuffle partitions per job (docs/scaling.md) "
+                                   f"give it 2 x partitions + shuffle partitions + 1 per job (docs/scaling.md) "
                                    f"or set PULSE_SPARK__MODE=microbatch; Spark said: {error}")
             if "ExecutorLostFailure" in str(error):
                 # Spark's failure reason for a lost executor: RTM fails the query rather than retry.

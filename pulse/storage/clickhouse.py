@@ -226,6 +226,7 @@ class HttpTransport:
             host=settings.host, port=settings.port, username=settings.username,
             password=settings.password.get_secret_value(), database=settings.database,
             secure=settings.secure, settings=ASYNC_INSERT_SETTINGS,
+            connect_timeout=settings.timeout_s, send_receive_timeout=settings.timeout_s,
             # The metrics sink, the rejects sink and the health listener insert from different
             # threads at once; a shared HTTP session would refuse them (SESSION_IS_LOCKED).
             autogenerate_session_id=False,

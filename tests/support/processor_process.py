@@ -21,6 +21,8 @@ def pulse_env(**settings: str) -> dict[str, str]:
     """The environment of a child `pulse`: this one without PULSE_* leftovers, plus `settings`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}
     env["PYTHONPATH"] = str(ROOT)
+    # Any free port for /health: children of tests run beside each other and beside a developer's stack.
+    env.update({"PULSE_SPARK__HEALTH_PORT": "0", "PULSE_WRITER__HEALTH_PORT": "0", "PULSE_PRODUCER__METRICS_PORT": "0"})
     env.update(settings)
     return env
 

@@ -52,7 +52,7 @@ def test_real_time_mode_settings_are_checked_and_sized():
     base = PulseSettings(_env_file=None)  # type: ignore[call-arg]
     assert base.realtime and base.spark.state_store_provider == "rocksdb"
     # Every task of both queries at once: 2 x 3 partitions + 1 shuffle partition.
-    assert (base.task_slots(), base.spark_master) == (7, "local[7]")
+    assert (base.task_slots(), base.spark_master) == (8, "local[8]")
     assert base.override(spark={"mode": "microbatch"}).spark_master == "local[2]"
     assert base.override(spark={"master": "spark://h:7077"}).spark_master == "spark://h:7077"
     with pytest.raises(ValidationError, match="RocksDB"):

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from pulse.telemetry import HealthServer, LatencyHistogram, Telemetry
+from pulse.telemetry import HealthServer, LatencyHistogram, PortUnavailable, Telemetry
 
 
 def test_latency_histogram_buckets_are_cumulative():
@@ -61,7 +61,7 @@ def test_the_health_server_survives_slow_clients_floods_404s_and_other_methods()
     (start_metrics_server): a client that sends half a request is dropped after the keep-alive
     timeout, hundreds of idle connections hold no thread, other paths get 404, other methods 405."""
     server = HealthServer(lambda: Telemetry(counters={"frames_received": 1}), lambda: {"ready": True}, 0,
-                          "127.0.0.1", "pulse_test_")
+                          "127.0.0.1", "pulse_test_", "PULSE_TEST_PORT")
     url = f"http://127.0.0.1:{server.port}"
     try:
         with socket.create_connection(("127.0.0.1", server.port), timeout=30) as slow:
@@ -84,3 +84,14 @@ def test_the_health_server_survives_slow_clients_floods_404s_and_other_methods()
             assert refused.value.code == status
     finally:
         server.close()
+
+
+def test_a_taken_port_is_one_line_naming_the_setting():
+    first = HealthServer(Telemetry, lambda: {"ready": True}, 0, "127.0.0.1", "a_", "PULSE_A")
+    try:
+        with pytest.raises(PortUnavailable) as taken:
+            HealthServer(Telemetry, lambda: {"ready": True}, first.port, "127.0.0.1", "b_",
+                         "PULSE_SPARK__HEALTH_PORT")
+        assert f"127.0.0.1:{first.port}" in str(taken.value) and "set PULSE_SPARK__HEALTH_PORT" in str(taken.value)
+    finally:
+        first.close()
