@@ -1,4 +1,4 @@
-"""ClickHouse over HTTP, for real: `HttpTransport` (clickhouse-connect) against an endpoint that speaks
+"""ClickHouse over HTTP, and outages, for real: `HttpTransport` (clickhouse-connect) against an endpoint that speaks
 ClickHouse's HTTP interface over the real engine (tests/support/clickhouse_http.py). `pulse process`
 (the job and its store writer) applies the schema and writes through it, `pulse store` does, `pulse sql`
 reads through it; refused logins, 5xx, a stalled server and an outage of the store mid-stream each end
@@ -13,17 +13,19 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from pulse.broker.local_kafka import LocalKafkaBroker
 from pulse.runtime import Plan, Runtime, Until
 from pulse.storage.clickhouse import ChdbEngine, ChdbTransport
 from tests.support.clickhouse_http import ClickHouseHttp
 from tests.support.names import unique_name
 from tests.support.pipeline import publish_recording
-from tests.support.processor_process import METRIC_COLUMNS, PULSE, ROOT, pulse_env, start_process
+from tests.support.processor_process import METRIC_COLUMNS, PULSE, ROOT, pulse_env, start_process, start_store
 from tests.support.producer_harness import fresh_topics
 from tests.support.recordings import SPOT_RAW, recording
 from tests.support.reference import assert_windows_match, reference_windows, trades_from_recording
@@ -106,10 +108,7 @@ def test_clickhouse_down_mid_stream_turns_health_red_and_loses_nothing(kafka, se
                              writer={"stale_s": 3.0, "retry_max_s": 1.0})
     path = recording(SPOT_RAW)
     # The recording in two halves: the first before the outage, the second while the store is down.
-    lines = path.read_bytes().splitlines(keepends=True)
-    before, during = tmp_path / "before.raw", tmp_path / "during.raw"
-    before.write_bytes(b"".join(lines[:len(lines) // 2]))
-    during.write_bytes(b"".join(lines[len(lines) // 2:]))
+    before, during = _halves(path, tmp_path)
     with Runtime(Plan(http, compute=True, serve_health=True)).start() as run:
         assert run.health_port is not None
         publish_recording(http, before)
@@ -170,3 +169,90 @@ def _health(port: int) -> tuple[int, dict[str, Any]]:
     except urllib.error.HTTPError as refused:
         return refused.code, orjson.loads(refused.read())
 
+
+
+def test_the_kafka_broker_down_under_the_job_loses_nothing(base_settings, database, tmp_path):
+    """The job's broker is gone for OUTAGE_S between two halves of a recording: the job waits it out
+    and the table ends equal to the reference (the producer's side of a broker outage is
+    test_producer_resilience.py)."""
+    broker = LocalKafkaBroker(base_settings.jars_dir, tmp_path / "own-broker")
+    broker.start()
+    try:
+        topics = fresh_topics(broker.bootstrap)
+        settings = base_settings.override(
+            kafka={**topics.model_dump(), "metrics_topic": f"{topics.trades_topic}.metrics",
+                   "rejects_topic": f"{topics.trades_topic}.rejects"},
+            clickhouse={"database": database.database},
+            spark={"starting_offsets": "earliest", "checkpoint_dir": str(tmp_path / "checkpoints"),
+                   "realtime_batch_s": 2.0})
+        path = recording(SPOT_RAW)
+        before, during = _halves(path, tmp_path)
+        with Runtime(Plan(settings, compute=True)).start() as run:
+            publish_recording(settings, before)
+            assert run.wait(Until.CAUGHT_UP, timeout_s=120) == Until.CAUGHT_UP
+            broker.kill()
+            time.sleep(OUTAGE_S)
+            broker.start()
+            publish_recording(settings, during)
+            assert run.wait(Until.CAUGHT_UP, timeout_s=240) == Until.CAUGHT_UP
+    finally:
+        broker.stop()
+    assert_windows_match(database.query_arrow(WINDOWS).to_pylist(), reference_windows(trades_from_recording(path)))
+
+
+def _halves(path: Path, folder: Path) -> tuple[Path, Path]:
+    """The recording in two files: its first half of lines, and the rest."""
+    lines = path.read_bytes().splitlines(keepends=True)
+    before, during = folder / "before.raw", folder / "during.raw"
+    before.write_bytes(b"".join(lines[:len(lines) // 2]))
+    during.write_bytes(b"".join(lines[len(lines) // 2:]))
+    return before, during
+
+
+def test_pulse_store_writes_over_http_and_killed_while_clickhouse_is_down_restarts_exact(
+        kafka, settings, endpoint, store_name, tmp_path):
+    """The docker stack's shape: the job writes window updates to Kafka, `pulse store` (its own process)
+    inserts them over HTTP. Killed (SIGKILL) while ClickHouse is down, it starts again and the table
+    ends equal to the reference: nothing it had read but not inserted is lost."""
+    database, local = store_name
+    topic = settings.kafka.trades_topic
+    job = settings.override(kafka={"metrics_topic": f"{topic}.metrics", "rejects_topic": f"{topic}.rejects"},
+                            writer={"in_process": False})
+    env = {**endpoint.env(database), "PULSE_CLICKHOUSE__APPLY_SCHEMA": "true", "PULSE_WRITER__RETRY_MAX_S": "1"}
+    log = tmp_path / "store.log"
+    store = start_store(tmp_path, kafka.bootstrap, topic, log, **env)
+    deadline = time.monotonic() + 60
+    while "storing from" not in log.read_text():
+        assert store.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+    endpoint.down()
+    path = recording(SPOT_RAW)
+    publish_recording(job, path)
+    with Runtime(Plan(job, compute=True)).start() as run:  # the job alone: its output waits in Kafka
+        assert run.wait(Until.CAUGHT_UP, timeout_s=180) == Until.CAUGHT_UP
+    time.sleep(3)  # the writer has read the updates and retries their insert
+    os.killpg(store.pid, signal.SIGKILL)
+    store.wait(timeout=30)
+    endpoint.up()
+    store = start_store(tmp_path, kafka.bootstrap, topic, log, **env)
+    try:
+        reference = reference_windows(trades_from_recording(path))
+        deadline = time.monotonic() + 120
+        while _count(local, "pulse_metrics_latest") < len(reference):
+            assert store.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        store.send_signal(signal.SIGTERM)
+        assert store.wait(timeout=60) == 0, log.read_text()[-3000:]
+    finally:
+        if store.poll() is None:
+            os.killpg(store.pid, signal.SIGKILL)
+    assert "Traceback" not in log.read_text()
+    assert_windows_match(local.query_arrow(WINDOWS).to_pylist(), reference)
+
+
+def _count(store: ChdbTransport, table: str) -> int:
+    try:
+        return int(store.query_arrow(f"SELECT count() AS n FROM {table}").to_pylist()[0]["n"])
+    except Exception:
+        return 0

@@ -25,7 +25,10 @@ from typing import Any
 import psutil
 import pytest
 
+from pulse.storage.clickhouse import ChdbTransport, apply_schema
 from tests.support.binance_double import BinanceDouble, double_in_thread
+from tests.support.clickhouse_http import ClickHouseHttp
+from tests.support.names import unique_name
 from tests.support.producer_harness import fresh_topics, recorded_tape
 from tests.support.recordings import SPOT_RAW, USDM_RAW, recording
 from tests.support.reference import RefWindow, reference_windows, trades_from_recording
@@ -49,10 +52,10 @@ def expected_windows(symbols: set[str] | None = None) -> dict[tuple[str, int], R
     return {key: w for key, w in reference_windows(trades).items() if symbols is None or key[0] in symbols}
 
 
-def stored_windows(data_dir: Path, cwd: Path) -> set[tuple[str, int, str, int]]:
+def stored_windows(data_dir: Path, cwd: Path, env: dict[str, str] | None = None) -> set[tuple[str, int, str, int]]:
     result = subprocess.run([PULSE, "sql", "SELECT symbol, toUnixTimestamp64Milli(window_start) AS ws, signal,"
                              " trade_count FROM pulse_metrics FINAL", "--data-dir", str(data_dir), "--format", "TSV"],
-                            capture_output=True, text=True, cwd=cwd, timeout=120, check=True)
+                            capture_output=True, text=True, cwd=cwd, timeout=120, check=True, env=env)
     rows = (line.split("\t") for line in result.stdout.splitlines() if line.strip())
     return {(symbol, int(ws), signal, int(count)) for symbol, ws, signal, count in rows}
 
@@ -120,11 +123,17 @@ def _read_lines(stream: Any, into: list[str]) -> None:
         into.append(line)
 
 
-def test_pulse_live_all_symbols_on_a_named_kafka_without_a_terminal(kafka, tmp_path):
+def test_pulse_live_all_symbols_on_a_named_kafka_and_clickhouse_server_without_a_terminal(
+        kafka, chdb_engine, base_settings, tmp_path):
+    """The stack's shape: a named Kafka, and ClickHouse over HTTP (the test endpoint over the real
+    engine); `pulse sql` reads the windows back over HTTP."""
     topics = fresh_topics(kafka.bootstrap)
+    store = ChdbTransport(base_settings.chdb_path, unique_name("pulse_live"))
+    apply_schema(store, base_settings.schema_dir)  # a server's tables exist before Pulse writes
+    server = ClickHouseHttp(chdb_engine, user="pulse_writer", password="live").start()
     named_kafka = {"PULSE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap, "PULSE_KAFKA__TRADES_TOPIC": topics.trades_topic,
                    "PULSE_KAFKA__DEAD_LETTER_TOPIC": topics.dead_letter_topic,
-                   "PULSE_KAFKA__GAPS_TOPIC": topics.gaps_topic}
+                   "PULSE_KAFKA__GAPS_TOPIC": topics.gaps_topic, **server.env(store.database)}
     quiet = {f"Q{i:03d}USDT": "TRADING" for i in range(495)}
     tape = recorded_tape()
     expected = expected_windows()
@@ -165,4 +174,8 @@ def test_pulse_live_all_symbols_on_a_named_kafka_without_a_terminal(kafka, tmp_p
     assert not [line for line in output.splitlines() if JVM_LINE.search(line)]
     assert "\x1b[" not in output, "no escape sequences when stdout is not a terminal"
     assert list(cwd.iterdir()) == []
-    assert stored_windows(data_dir, cwd) == as_rows(expected)
+    assert f"[2/4] opening ClickHouse (http) at 127.0.0.1:{server.port}" in output
+    try:
+        assert stored_windows(data_dir, cwd, {**os.environ, **server.env(store.database)}) == as_rows(expected)
+    finally:
+        server.stop()

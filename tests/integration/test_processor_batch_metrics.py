@@ -26,8 +26,10 @@ T0 = 1_704_067_200_000
 
 
 def _kafka_rows(spark: Any, trades: list[RefTrade]) -> Any:
+    # Each record appended to Kafka a moment after its trade, as the producer's would be.
     rows = [(json.dumps(trade_message(t.symbol, t.agg_id, float(t.price), float(t.qty), t.time_ms,
-                                      t.buyer_maker)).encode(), "t", 0, i, datetime.fromtimestamp(0, UTC))
+                                      t.buyer_maker)).encode(), "t", 0, i,
+             datetime.fromtimestamp((t.time_ms + 50) / 1000, UTC))
             for i, t in enumerate(trades)]
     return spark.createDataFrame(rows, "value binary, topic string, partition int, offset long, timestamp timestamp")
 
