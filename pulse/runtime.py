@@ -561,7 +561,8 @@ class Runtime:
         if end is None and not self.settings.realtime:
             read = all(caught_up(q.lastProgress, q.status) for q in queries.all())
         else:
-            read = all(reached(q.lastProgress, end or self._topic_end()) for q in queries.all())
+            target = end or self._topic_end()  # one look at the topic for both queries
+            read = all(reached(q.lastProgress, target) for q in queries.all())
         # No writer here (another process, `pulse store`, inserts): what Spark wrote is all there is to wait for.
         return read and (writer is None or writer.caught_up(self._output_ends()))
 
@@ -628,7 +629,7 @@ class Runtime:
             self._emit(Stopping(stopping))
         self._stop_job()
         results = None
-        if plan.compute and parts.store is not None:
+        if plan.compute and plan.source is not None and parts.store is not None:  # a run with a summary
             reader = Results(parts.store)
             if parts.store.local:  # a server merges in its own time; a local store is read right after the run
                 reader.merge_versions()
