@@ -340,15 +340,22 @@ async def end_offsets(bootstrap: str, topic: str, timeout_s: float = 30.0) -> di
     Retried with fresh clients until `timeout_s`: while a crashed node of a cluster is not yet
     fenced, metadata still lists it, and a request the client happens to send there fails.
     """
-    async for attempt in _retrying(timeout_s):
-        with attempt:
-            return await _offsets(bootstrap, topic, earliest=False)
-    raise AssertionError("unreachable: tenacity returns or raises")
+    return await _retried_offsets(bootstrap, topic, earliest=False, timeout_s=timeout_s)
 
 
-async def log_start_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+async def log_start_offsets(bootstrap: str, topic: str, timeout_s: float = 30.0) -> dict[int, int]:
     """The oldest offset still held in each partition of `topic` (retention deletes below it)."""
-    return await _offsets(bootstrap, topic, earliest=True)
+    return await _retried_offsets(bootstrap, topic, earliest=True, timeout_s=timeout_s)
+
+
+async def _retried_offsets(bootstrap: str, topic: str, earliest: bool, timeout_s: float) -> dict[int, int]:
+    try:
+        async for attempt in _retrying(timeout_s):
+            with attempt:
+                return await _offsets(bootstrap, topic, earliest)
+    except (KafkaError, OSError) as error:
+        raise KafkaStartError(f"no offsets for topic {topic} on {bootstrap}: {first_line(str(error))}") from error
+    raise AssertionError("unreachable: tenacity returns or raises")
 
 
 async def _offsets(bootstrap: str, topic: str, earliest: bool) -> dict[int, int]:
@@ -361,9 +368,14 @@ async def _offsets(bootstrap: str, topic: str, earliest: bool) -> dict[int, int]
         (description,) = await admin.describe_topics([topic])
     finally:
         await admin.close()
+    # A topic created a moment ago (or a broker just back) may answer with an error code or no
+    # partitions until its leaders are elected: both are raised as Kafka errors, so they are retried.
+    code = description.get("error_code", _NO_ERROR)
+    if code != _NO_ERROR:
+        raise for_code(code)(f"topic {topic}")
     partitions = [TopicPartition(topic, entry["partition"]) for entry in description["partitions"]]
     if not partitions:
-        raise KafkaStartError(f"topic {topic} has no partitions on {bootstrap}")
+        raise KafkaError(f"topic {topic} has no partitions yet")
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
