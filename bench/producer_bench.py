@@ -48,8 +48,7 @@ def frames(count: int) -> list[bytes]:
 
 def route(decoder: FrameDecoder, router: Router, frame: bytes) -> None:
     """What the producer does per frame: decode and validate (the source), encode and enqueue (the router)."""
-    trade = decoder.decode(frame, router)
-    if trade is not None:
+    for trade in decoder.decode(frame, router):
         router.trade(trade)
 
 

@@ -20,13 +20,13 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast, get_args
 
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from pulse.errors import PulseError, Unavailable, UsageError, first_line
-from pulse.settings import PulseSettings
+from pulse.settings import MarketName, PulseSettings, VenueName
 
 if TYPE_CHECKING:
     from pulse.dashboard import WarningCount
@@ -53,6 +53,30 @@ def _speed(value: str) -> float | None:
     return speed
 
 
+def _venue_arguments(parser: argparse.ArgumentParser, instruments: bool = True) -> None:
+    parser.add_argument("--venue", choices=get_args(VenueName), default=None,
+                        help="where the trades come from (default: binance-usdm, or the --market given;"
+                             " docs/venues.md)")
+    if instruments:
+        parser.add_argument("--instruments", type=Path, default=None,
+                            help="okx replays: a recorded GET /api/v5/public/instruments reply, for the contract"
+                                 " values of swaps and futures")
+
+
+def _market(venue: str | None, market: str | None) -> str | None:
+    """The Binance market a live run reads: `--venue binance-X` is `--market X`. Other venues are
+    read from recordings only, so far (docs/venues.md)."""
+    if venue is None:
+        return market
+    if not venue.startswith("binance-"):
+        raise UsageError(f"live trades of {venue} are not built yet: replay a recording of it"
+                         f" (pulse demo --input FILE --venue {venue}); where Binance refuses, --venue binance-us")
+    named = venue.removeprefix("binance-")
+    if market is not None and market != named:
+        raise UsageError(f"--venue {venue} and --market {market} disagree: give one of them")
+    return named
+
+
 def _build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the traceback of an error (or PULSE_DEBUG=1)")
@@ -63,6 +87,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--input", type=Path, default=None,
                       help="recording to replay (.raw/.jsonl frames or archive .csv); default: bundled USD-M recording")
     demo.add_argument("--symbol", default=None, help="symbol for recordings that carry none (archive CSV)")
+    _venue_arguments(demo)
     demo.add_argument("--speed", type=_speed, default=10.0, help="multiple of the recorded pace, or 'max' (default 10)")
     demo.add_argument("--data-dir", type=Path, default=None, help="where broker, checkpoints, results and logs live")
     demo.add_argument("--no-live-view", action="store_true", help="print only progress and the summary")
@@ -72,8 +97,9 @@ def _build_parser() -> argparse.ArgumentParser:
     live.add_argument("--symbols", default=None,
                       help="comma-separated Binance symbols (BTCUSDT,ETHUSDT; BTCUSDT_260327; BTCUSD_PERP on COIN-M),"
                            " or 'all' for every trading symbol of the market (default: settings, BTCUSDT)")
-    live.add_argument("--market", choices=["usdm", "spot", "coinm"], default=None,
+    live.add_argument("--market", choices=get_args(MarketName), default=None,
                       help="Binance market (default: settings, usdm = USD-M futures)")
+    _venue_arguments(live, instruments=False)
     live.add_argument("--data-dir", type=Path, default=None, help="where broker, checkpoints, results and logs live")
     live.add_argument("--no-live-view", action="store_true", help="print progress lines instead of the dashboard")
 
@@ -82,10 +108,11 @@ def _build_parser() -> argparse.ArgumentParser:
     produce.add_argument("--symbols", default=None,
                          help="comma-separated, e.g. BTCUSDT,ETHUSDT, or 'all' (default: settings)")
     produce.add_argument("--source", choices=["live", "replay", "synthetic"], default="live")
-    produce.add_argument("--market", choices=["usdm", "spot", "coinm"], default=None,
+    produce.add_argument("--market", choices=get_args(MarketName), default=None,
                          help="Binance market of the live source (default: settings, USD-M futures)")
     produce.add_argument("--input", type=Path, default=None, help="recording for --source replay")
     produce.add_argument("--symbol", default=None, help="symbol for recordings that carry none (archive CSV)")
+    _venue_arguments(produce)
     produce.add_argument("--speed", type=_speed, default=None,
                          help="replay pace: multiple of the recorded pace, or 'max' (default)")
     produce.add_argument("--rate", type=float, default=1000.0, help="synthetic trades per second (default 1000)")
@@ -270,7 +297,7 @@ def _run_demo(args: argparse.Namespace, settings: PulseSettings) -> int:
     _check_jvm(settings, broker=not settings.kafka.bootstrap_servers, spark=True)
     warnings = _log_to_files(settings)
     summary = run_demo(settings, path, args.symbol, args.speed, _say, live_view=not args.no_live_view,
-                       warnings=warnings)
+                       warnings=warnings, venue=args.venue or "binance-usdm", instruments=args.instruments)
     _say(summary.render())
     if summary.problem is not None:
         raise _Failed(summary.problem)
@@ -279,7 +306,8 @@ def _run_demo(args: argparse.Namespace, settings: PulseSettings) -> int:
 
 def _run_live(args: argparse.Namespace, settings: PulseSettings) -> int:
     settings = settings.override(producer=_given(
-        market=args.market, symbols=_symbols_arg(args.symbols) if args.symbols is not None else None))
+        market=_market(args.venue, args.market),
+        symbols=_symbols_arg(args.symbols) if args.symbols is not None else None))
     kafka = settings.kafka.bootstrap_servers
     if kafka:
         _check_kafka(kafka)
@@ -305,7 +333,8 @@ def _source(args: argparse.Namespace, settings: PulseSettings) -> Source:
         if args.input is None:
             raise UsageError("--source replay needs --input FILE")
         _check_recording(args.input, args.symbol)
-        return ReplaySource(args.input, args.symbol, args.speed)
+        venue: VenueName = args.venue or cast(VenueName, f"binance-{settings.producer.market}")
+        return ReplaySource(args.input, args.symbol, args.speed, venue, args.instruments)
     if args.source == "synthetic":
         return SyntheticSource(settings.producer.symbols, args.rate, args.total)
     return BinanceSource(settings.producer)
@@ -316,7 +345,8 @@ def _run_produce(args: argparse.Namespace, settings: PulseSettings) -> int:
     from pulse.telemetry import configure_json_logging  # noqa: PLC0415
 
     settings = settings.override(
-        producer=_given(market=args.market, symbols=_symbols_arg(args.symbols) if args.symbols else None,
+        producer=_given(market=_market(args.venue, args.market) if args.source == "live" else args.market,
+                        symbols=_symbols_arg(args.symbols) if args.symbols else None,
                         metrics_port=args.metrics_port),
         kafka=_given(bootstrap_servers=args.bootstrap_servers))
     if args.source == "live" and settings.producer.symbols == ["ALL"]:

@@ -14,26 +14,29 @@ from pathlib import Path
 from pulse.dashboard import DashboardObserver, WarningCount
 from pulse.resources import bundled_recording
 from pulse.runtime import Plan, Until, run
-from pulse.settings import PulseSettings
+from pulse.settings import PulseSettings, VenueName
 from pulse.source.replay import ReplaySource
 from pulse.summary import RunSummary, summary_of
 
 BUNDLED_RECORDING = bundled_recording()
 
 
-def demo_plan(settings: PulseSettings, input_path: Path, symbol: str | None, speed: float | None) -> Plan:
+def demo_plan(settings: PulseSettings, input_path: Path, symbol: str | None, speed: float | None,
+              venue: VenueName = "binance-usdm", instruments: Path | None = None) -> Plan:
     # A demo replays its recording from the start, and its /metrics never collides with a running producer.
     # Its end waits for the rejects query too: a short trigger there, since a replay is not live.
     settings = settings.override(spark={"starting_offsets": "earliest", "rejects_trigger_ms": 1000},
                                  producer={"metrics_port": 0}).short_batches()
     pace = "as fast as possible" if speed is None else f"{speed:g}x the recorded pace"
-    return Plan(settings, ReplaySource(input_path, symbol, speed), label=f"replaying {input_path.name} {pace}",
-                compute=True, fresh=True, until=Until.CAUGHT_UP)
+    source = ReplaySource(input_path, symbol, speed, venue, instruments)
+    return Plan(settings, source, label=f"replaying {input_path.name} {pace}", compute=True, fresh=True,
+                until=Until.CAUGHT_UP)
 
 
 def run_demo(settings: PulseSettings, input_path: Path, symbol: str | None, speed: float | None,
-             say: Callable[[str], None], live_view: bool = True, warnings: WarningCount | None = None) -> RunSummary:
-    plan = demo_plan(settings, input_path, symbol, speed)
+             say: Callable[[str], None], live_view: bool = True, warnings: WarningCount | None = None,
+             venue: VenueName = "binance-usdm", instruments: Path | None = None) -> RunSummary:
+    plan = demo_plan(settings, input_path, symbol, speed, venue, instruments)
     source = plan.source
     assert source is not None
     observer = DashboardObserver(say, f"Pulse demo · {input_path.name} · {plan.label.split(' ', 2)[-1]}",

@@ -57,6 +57,13 @@ class Trade(msgspec.Struct, frozen=True):
     buyer_is_maker: bool
     ingest_time_ms: int
     quantity_no_rpi: float | None = None
+    # Where it traded (pulse.source.venues) and what: `symbol` is the venue's own name, base/quote the
+    # normalized asset and quote (`BTC-USD-SWAP` -> BTC / USD). `quantity` is in base-asset units;
+    # `venue_quantity` is the venue's own number when it counts otherwise (contracts).
+    venue: str = "binance-usdm"
+    base: str = ""
+    quote: str = ""
+    venue_quantity: float | None = None
 
     @property
     def side(self) -> Side:
@@ -107,6 +114,12 @@ class TradeMessageV1(msgspec.Struct, frozen=True):
     ingest_time: int  # when the producer received the frame, ms
     buyer_is_maker: bool
     quantity_no_rpi: float | None
+    # Added with venues (optional, so messages without them still read): the venue, the normalized
+    # asset and quote, and the venue's own quantity where it counts in contracts.
+    venue: str | None = None
+    base_asset: str | None = None
+    quote_asset: str | None = None
+    venue_quantity: float | None = None
 
 
 class DeadLetterV1(msgspec.Struct, frozen=True):
@@ -132,14 +145,17 @@ class GapEventV1(msgspec.Struct, frozen=True):
 
 
 class WindowUpdateV1(msgspec.Struct, frozen=True):
-    """A window's newest state, on the metrics topic (key = `symbol|window_start_ms`).
+    """A window's newest state, on the metrics topic (key = `venue|symbol|window_start_ms`).
 
     Real-Time Mode emits one per valid trade: the whole window as it stands after that trade.
-    `{"symbol":"BTCUSDT","window_start_ms":1735689600000,"window_end_ms":1735689601000,"vwap":93512.4,
+    `{"venue":"binance-usdm","symbol":"BTCUSDT","window_start_ms":1735689600000,"window_end_ms":1735689601000,"vwap":93512.4,
     ...,"trade_count":12,...,"max_trade_time_ms":1735689600987}`
     """
 
+    venue: str
     symbol: str
+    base_asset: str
+    quote_asset: str
     window_start_ms: int
     window_end_ms: int
     vwap: float
@@ -186,7 +202,8 @@ def encode_trade(trade: Trade) -> bytes:
         timestamp=trade.trade_time_ms, side=trade.side, agg_trade_id=trade.agg_trade_id,
         first_trade_id=trade.first_trade_id, last_trade_id=trade.last_trade_id, event_time=trade.event_time_ms,
         ingest_time=trade.ingest_time_ms, buyer_is_maker=trade.buyer_is_maker,
-        quantity_no_rpi=trade.quantity_no_rpi,
+        quantity_no_rpi=trade.quantity_no_rpi, venue=trade.venue, base_asset=trade.base or None,
+        quote_asset=trade.quote or None, venue_quantity=trade.venue_quantity,
     ))
 
 

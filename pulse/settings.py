@@ -54,8 +54,12 @@ class KafkaSettings(BaseModel):
         return {"min.insync.replicas": str(self.min_insync_replicas)}
 
 
-# Binance markets; their URLs and limits are data beside the source (pulse.source.binance.markets).
-MarketName = Literal["usdm", "spot", "coinm"]
+# Binance markets (and Binance.US, which speaks Binance spot's protocol); their URLs and limits are
+# data beside the source (pulse.source.binance.markets).
+MarketName = Literal["usdm", "spot", "coinm", "us"]
+# Every venue Pulse reads trades of (pulse.source.venues; docs/venues.md).
+VenueName = Literal["binance-usdm", "binance-spot", "binance-coinm", "binance-us", "okx", "coinbase",
+                    "bybit-linear", "bybit-spot"]
 
 
 class ProducerSettings(BaseModel):

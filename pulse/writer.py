@@ -43,12 +43,12 @@ _REJECT_FIELDS = RejectV1.__struct_fields__
 
 
 def newest_updates(records: Iterable[tuple[bytes, int]]) -> list[tuple[WindowUpdateV1, int]]:
-    """Decoded window updates with their Kafka timestamps, one per (symbol, window): the one with the
-    most trades (the newest)."""
-    newest: dict[tuple[str, int], tuple[WindowUpdateV1, int]] = {}
+    """Decoded window updates with their Kafka timestamps, one per (venue, symbol, window): the one with
+    the most trades (the newest)."""
+    newest: dict[tuple[str, str, int], tuple[WindowUpdateV1, int]] = {}
     for value, timestamp in records:
         update = _decode_update(value)
-        key = (update.symbol, update.window_start_ms)
+        key = (update.venue, update.symbol, update.window_start_ms)
         kept = newest.get(key)
         if kept is None or update.trade_count >= kept[0].trade_count:
             newest[key] = (update, timestamp)

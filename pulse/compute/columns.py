@@ -1,7 +1,7 @@
 """Spark column builders: parsing, validation, window aggregates and the signal.
 
 Pure DataFrame -> DataFrame functions with no sources or sinks, so they run the same on a batch
-DataFrame (tests) and on a stream (the job). Per symbol and 1-second window:
+DataFrame (tests) and on a stream (the job). Per venue, symbol and 1-second window:
 
 - vwap = Σ(p·q) / Σq;  total_volume = Σq;  trade_count = number of aggTrades;  avg_price = mean(p)
 - `m = true` means the buyer is the maker, so the taker SOLD;
@@ -120,7 +120,11 @@ def valid_trades(parsed: DataFrame) -> DataFrame:
     """The trade columns the aggregation needs, event time as a timestamp."""
     msg = F.col("msg")
     return parsed.where(F.col("reject_reason").isNull()).select(
+        # Messages from producers before venues carry none: '' (unnamed), never a guess.
+        F.coalesce(msg["venue"], F.lit("")).alias("venue"),
         msg["symbol"].alias("symbol"),
+        F.coalesce(msg["base_asset"], F.lit("")).alias("base_asset"),
+        F.coalesce(msg["quote_asset"], F.lit("")).alias("quote_asset"),
         msg["price"].alias("price"),
         msg["quantity"].alias("quantity"),
         msg["side"].alias("side"),
@@ -173,11 +177,13 @@ def signal_column(avg_price: Column, vwap: Column, buy_volume: Column, sell_volu
 
 
 def window_aggregates(trades: DataFrame, window_seconds: int = 1) -> DataFrame:
-    """Per symbol and tumbling window on trade time: sums the metrics are derived from."""
+    """Per venue, symbol and tumbling window on trade time: sums the metrics are derived from."""
     is_buy = F.col("side") == "BUY"
     quantity = F.col("quantity")
     return trades.groupBy(
-        F.col("symbol"), F.window(F.col("trade_time"), f"{window_seconds} second").alias("window"),
+        # Asset and quote are the symbol's, so grouping by them splits nothing: it carries them along.
+        F.col("venue"), F.col("symbol"), F.col("base_asset"), F.col("quote_asset"),
+        F.window(F.col("trade_time"), f"{window_seconds} second").alias("window"),
     ).agg(
         F.sum(F.col("price") * quantity).alias("quote_volume"),
         F.sum(quantity).alias("total_volume"),
@@ -204,7 +210,10 @@ def window_metrics_columns(aggregates: DataFrame, settings: SignalSettings) -> D
     buy, sell, total = F.col("buy_volume"), F.col("sell_volume"), F.col("total_volume")
     vwap = F.col("quote_volume") / total
     return aggregates.select(
+        "venue",
         "symbol",
+        "base_asset",
+        "quote_asset",
         F.col("window.start").alias("window_start"),
         F.col("window.end").alias("window_end"),
         vwap.alias("vwap"),
@@ -236,10 +245,11 @@ def _json_record(key: Column, rows: DataFrame, struct: type[msgspec.Struct]) -> 
 
 
 def window_update_records(windows: DataFrame) -> DataFrame:
-    """`window_metrics_columns` rows -> the metrics topic's records (`WindowUpdateV1`, key symbol|start)."""
+    """`window_metrics_columns` rows -> the metrics topic's records (`WindowUpdateV1`, key venue|symbol|start)."""
     rows = (windows.withColumn("window_start_ms", F.unix_millis("window_start"))
             .withColumn("window_end_ms", F.unix_millis("window_end")))
-    return _json_record(F.concat_ws("|", "symbol", F.col("window_start_ms").cast("string")), rows, WindowUpdateV1)
+    key = F.concat_ws("|", "venue", "symbol", F.col("window_start_ms").cast("string"))
+    return _json_record(key, rows, WindowUpdateV1)
 
 
 def reject_records(rejects: DataFrame) -> DataFrame:

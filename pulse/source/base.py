@@ -3,8 +3,8 @@
 A source hands over three kinds of record (the oks and errs of a dataflow): trades, dead letters
 (frames that could not become a trade, with the reason) and gap events (ids the live source gave
 up on). The producer's router takes all three; a source never encodes or publishes anything.
-Every source speaks Binance's frames (live ones, recorded ones, synthetic ones), so they share
-one `FrameDecoder`.
+Every source hands its frames (live, recorded, synthetic) to one `FrameDecoder`, which reads them
+with its venue's reader (pulse.source.venues).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Protocol
 
 from pulse.errors import PulseError
 from pulse.model import DeadLetter, GapEvent, Trade
-from pulse.source.binance.wire import InvalidFrame, NotATrade, decode_frame, to_trade
+from pulse.source.contract import InvalidFrame, NotATrade
+from pulse.source.venues import BinanceReader, TradeReader
 from pulse.telemetry import Telemetry
 
 # Dead letters carry a raw payload up to this size whole, a larger one by its head.
@@ -67,22 +68,22 @@ class Source(Protocol):
 
 
 class FrameDecoder:
-    """Binance frames -> trades; refused frames go to `out` as dead letters. Counted for /metrics."""
+    """A venue's frames -> trades; refused frames go to `out` as dead letters. Counted for /metrics."""
 
-    def __init__(self, source: str, default_symbol: str | None = None) -> None:
+    def __init__(self, source: str, reader: TradeReader | None = None) -> None:
         self._source = source
-        self._default_symbol = default_symbol
+        self.reader = reader if reader is not None else BinanceReader()
         self.frames = 0
         self.skipped = 0
 
-    def decode(self, raw: str | bytes, out: Output, invalid_reason: str | None = None) -> Trade | None:
-        """The trade in `raw`, or None (another stream's frame, or refused and dead-lettered)."""
+    def decode(self, raw: str | bytes, out: Output, invalid_reason: str | None = None) -> list[Trade]:
+        """The trades in `raw`: none for another stream's frame, or one refused and dead-lettered."""
         self.frames += 1
         received = now_ms()
         try:
             if invalid_reason is not None:
                 raise InvalidFrame(invalid_reason)
-            return to_trade(decode_frame(raw, self._default_symbol), received)
+            return self.reader.trades(raw, received)
         except NotATrade:
             self.skipped += 1
         except InvalidFrame as invalid:
@@ -90,7 +91,7 @@ class FrameDecoder:
             # can double a payload.
             kept = raw if len(raw) <= _DEAD_LETTER_RAW_MAX else raw[:_DEAD_LETTER_HEAD]
             out.dead_letter(DeadLetter(raw=kept, reason=invalid.reason, source=self._source, received_ms=received))
-        return None
+        return []
 
     def telemetry(self) -> Telemetry:
         return Telemetry(counters={"frames_received": self.frames, "frames_skipped": self.skipped})
@@ -120,11 +121,11 @@ class LocalSource:
     async def _emit_all(self, out: Output, stop: asyncio.Event) -> None:
         raise NotImplementedError
 
-    def emit(self, raw: str | bytes, out: Output, invalid_reason: str | None = None) -> Trade | None:
-        trade = self._decoder.decode(raw, out, invalid_reason)
-        if trade is not None:
+    def emit(self, raw: str | bytes, out: Output, invalid_reason: str | None = None) -> list[Trade]:
+        trades = self._decoder.decode(raw, out, invalid_reason)
+        for trade in trades:
             out.trade(trade)
-        return trade
+        return trades
 
     async def stop(self) -> None:
         return None

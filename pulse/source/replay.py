@@ -1,15 +1,17 @@
-"""Replay source: recorded aggTrades from a file, as websocket frames, at the recorded pace or flat out.
+"""Replay source: recorded trades from a file, as websocket frames, at the recorded pace or flat out.
 
 Accepted, line by line, in one file:
-- JSON aggTrade payloads, bare or in the combined-stream envelope `{"stream": ..., "data": ...}`,
-  optionally behind a recorder prefix `<unix seconds>: ` (cryptofeed's `.raw` recordings);
+- websocket frames of one venue (`venue`, pulse.source.venues), optionally behind a recorder
+  prefix `<unix seconds>: ` (cryptofeed's recordings): for Binance, aggTrade payloads bare or in
+  the combined-stream envelope `{"stream": ..., "data": ...}`; for OKX, Coinbase and Bybit their
+  trade messages (frames of other channels are skipped and counted);
 - Binance public-data archive CSV (`agg_trade_id, price, quantity, first_trade_id, last_trade_id,
   transact_time, is_buyer_maker[, is_best_match]`), with or without a header row, with
   `transact_time` in ms or in µs (spot archives since 2025).
 
-Lines that are neither (recorder configuration, connection URLs, REST snapshots) are counted as
-skipped. Every CSV row becomes the aggTrade payload Binance would have sent, so one parser
-(`binance_schema.parse_frame`) validates every source alike.
+Lines that are neither (recorder configuration, connection URLs, subscriptions sent, REST
+snapshots) are counted as skipped. Every CSV row becomes the aggTrade payload Binance would have
+sent, so one decoder validates every source alike.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ import orjson
 
 from pulse.errors import UsageError
 from pulse.model import Trade
+from pulse.settings import VenueName
 from pulse.source.base import FrameDecoder, LocalSource, Output
+from pulse.source.venues import reader_for
 from pulse.telemetry import Telemetry
 
 _RECORDER_PREFIX = re.compile(r"^\d+(?:\.\d+)?: ")
@@ -109,14 +113,16 @@ class ReplaySource(LocalSource):
     letting the queue drop its oldest records.
     """
 
-    def __init__(self, path: Path, symbol: str | None = None, speed: float | None = None) -> None:
+    def __init__(self, path: Path, symbol: str | None = None, speed: float | None = None,
+                 venue: VenueName = "binance-usdm", instruments: Path | None = None) -> None:
         self.path = path
         self.symbol = symbol.upper() if symbol else None
         self.speed = speed
+        self.venue = venue
         self.name = f"replay:{path.name}"
         self.symbols: list[str] = [self.symbol] if self.symbol else []
         self.stats = ReplayStats()
-        self._decoder = FrameDecoder(self.name, self.symbol)
+        self._decoder = FrameDecoder(self.name, reader_for(venue, self.symbol, instruments))
         self._ids = RecentIds()
         self.duplicates = 0
 
@@ -130,10 +136,11 @@ class ReplaySource(LocalSource):
         first_trade_ms: int | None = None
         started = time.monotonic()
         for count, frame in enumerate(read_replay_frames(self.path, self.symbol, self.stats), start=1):
-            trade = self.emit(frame.text, out, frame.invalid_reason)
+            trades = self.emit(frame.text, out, frame.invalid_reason)
             if stop.is_set():
                 return
-            if self.speed is not None and trade is not None:
+            if self.speed is not None and trades:
+                trade = trades[-1]
                 if first_trade_ms is None:
                     first_trade_ms, started = trade.trade_time_ms, time.monotonic()
                 delay = started + (trade.trade_time_ms - first_trade_ms) / 1000.0 / self.speed - time.monotonic()
@@ -142,17 +149,18 @@ class ReplaySource(LocalSource):
             elif count % 500 == 0:
                 await out.room()
 
-    def emit(self, raw: str | bytes, out: Output, invalid_reason: str | None = None) -> Trade | None:
-        """A trade once per (symbol, aggregate id), as the live source's sequencer passes it: a recording
-        that holds a frame twice (a reconnect's overlap, a concatenated file) counts it once."""
-        trade = self._decoder.decode(raw, out, invalid_reason)
-        if trade is None:
-            return None
-        if not self._ids.first(trade.symbol, trade.agg_trade_id):
-            self.duplicates += 1
-            return None
-        out.trade(trade)
-        return trade
+    def emit(self, raw: str | bytes, out: Output, invalid_reason: str | None = None) -> list[Trade]:
+        """Each trade once per (symbol, trade id), as the live source's sequencer passes it: a recording
+        that holds a frame twice (a reconnect's overlap, a concatenated file, the trades a venue
+        repeats on subscribe) counts it once."""
+        kept = []
+        for trade in self._decoder.decode(raw, out, invalid_reason):
+            if not self._ids.first(trade.symbol, trade.agg_trade_id):
+                self.duplicates += 1
+                continue
+            out.trade(trade)
+            kept.append(trade)
+        return kept
 
     def telemetry(self) -> Telemetry:
         decoded = self._decoder.telemetry()

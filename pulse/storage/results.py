@@ -116,4 +116,4 @@ LIMIT {int(limit)}""")
             "SELECT o.horizon_s AS horizon_s, o.close AS close, o.forward_price AS forward_price,"
             " m.avg_price_1_sec AS avg_price, m.vwap AS vwap, m.buy_volume AS buy_volume, m.sell_volume AS sell_volume"
             " FROM pulse_signal_outcomes AS o INNER JOIN pulse_metrics_latest AS m"
-            " ON o.symbol = m.symbol AND o.window_start = m.window_start")
+            " ON o.venue = m.venue AND o.symbol = m.symbol AND o.window_start = m.window_start")

@@ -32,6 +32,7 @@ from tests.support.producer_harness import (
     wait_until,
 )
 from tests.support.recordings import SPOT_RAW, USDM_RAW, recording
+from tests.support.venue_reference import BINANCE_US, venue_recording
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +54,8 @@ async def _stream_market(base: PulseSettings, bootstrap: str, tape: list[dict[st
                              f"{len(tape)} published trades")
             metrics = await scraped(service)
         trades = await consume_all(bootstrap, kafka.trades_topic)
-    return {"double": double, "metrics": metrics, "ids": ids_by_symbol(trades)}
+    return {"double": double, "metrics": metrics, "ids": ids_by_symbol(trades),
+            "venues": {t.value["venue"] for t in trades}}
 
 
 def _ids(tape: list[dict[str, Any]]) -> dict[str, list[int]]:
@@ -74,6 +76,18 @@ def test_spot_streams_on_its_path_and_fills_gaps_from_api_v3(kafka, base_setting
     assert metrics["gaps_found"] == 2 and metrics["gaps_filled"] == 2
     assert metrics["trades_filled"] == sum(len(r) for r in withheld.values())
     assert double.rest_calls >= 2 and double.connection_symbols == [frozenset(want)]
+
+
+def test_binance_us_streams_spot_frames_from_its_own_host_and_fills_gaps(kafka, base_settings):
+    """Binance.US (where Binance answers HTTP 451): Binance spot's frames and REST paths, on the real
+    recording of its aggTrades (../shared/data/venues, cryptofeed project, Bryant Moscon)."""
+    tape = agg_trades_from_recording(venue_recording(BINANCE_US))
+    want = _ids(tape)
+    symbol = max(want, key=lambda s: len(want[s]))
+    withheld = {symbol: range(want[symbol][1], want[symbol][1] + 1)}
+    result = asyncio.run(_stream_market(base_settings, kafka.bootstrap, tape, "us", withheld))
+    assert result["ids"] == want and result["venues"] == {"binance-us"}
+    assert result["metrics"]["gaps_filled"] == 1 and result["double"].rest_calls >= 1
 
 
 def test_coinm_streams_perpetuals_and_delivery_contracts_and_fills_gaps_from_dapi(kafka, base_settings):

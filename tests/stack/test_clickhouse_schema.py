@@ -76,7 +76,7 @@ def test_version_migration_lets_newer_window_states_win(chdb_engine: ChdbEngine,
                       "('BTCUSDT', '2026-01-01 00:00:00', '2026-01-01 00:00:01', 7, 'NEUTRAL', 9000), "
                       "('BTCUSDT', '2026-01-01 00:00:00', '2026-01-01 00:00:01', 5, 'NEUTRAL', 8999), "
                       "('ETHUSDT', '2026-01-01 00:00:00', '2026-01-01 00:00:01', 3, 'NEUTRAL', 9001)")
-    for statement in split_statements(MIGRATIONS[0].read_text()):
+    for statement in split_statements(_migration("version-is-trade-count").read_text()):
         transport.command(statement)
     kept = "SELECT symbol, trade_count, version FROM pulse_metrics_latest ORDER BY symbol"
     assert transport.query_arrow(kept).to_pylist() == [
@@ -87,6 +87,47 @@ def test_version_migration_lets_newer_window_states_win(chdb_engine: ChdbEngine,
                       "('BTCUSDT', '2026-01-01 00:00:00', '2026-01-01 00:00:01', 2, 'NEUTRAL', 2)")
     assert [r["trade_count"] for r in transport.query_arrow(kept).to_pylist()] == [7, 4]
     assert "pulse_metrics_migrating" not in _objects(transport)
+
+
+def _migration(name: str) -> Path:
+    (path,) = [p for p in MIGRATIONS if p.stem.endswith(name)]
+    return path
+
+
+def test_venue_migration_keeps_old_rows_and_keys_windows_by_venue(chdb_engine: ChdbEngine,
+                                                                   base_settings: PulseSettings) -> None:
+    """A table from before venues (no venue column, key symbol and second) migrates in place: its rows
+    stay, with venue '', the views read venue after the schema is applied again, and two venues'
+    windows of one symbol and second are two rows, each replaced by its own newer state."""
+    transport = ChdbTransport(base_settings.chdb_path, unique_name("venue_migration"))
+    table = SCHEMA[0].read_text()
+    added = ("venue                  LowCardinality(String)", "base_asset             LowCardinality(String)",
+             "quote_asset            LowCardinality(String)", "first_trade_time       DateTime64(3, 'UTC')")
+    before = table.replace("ORDER BY (symbol, window_start, venue)", "ORDER BY (symbol, window_start)")
+    for column in added:
+        before = before.replace(f"    {column},\n", "")
+    assert before != table
+    for statement in split_statements(before):
+        transport.command(statement)
+    columns = "symbol, window_start, window_end, trade_count, total_volume, quote_volume, signal, version"
+    transport.command(f"INSERT INTO pulse_metrics ({columns}) VALUES "
+                      "('BTCUSDT', '2026-01-01 00:00:00', '2026-01-01 00:00:01', 7, 2, 200, 'NEUTRAL', 7)")
+    for statement in split_statements(_migration("venue").read_text()):
+        transport.command(statement)
+    for path in SCHEMA:
+        for statement in split_statements(path.read_text()):
+            transport.command(statement)
+    columns = f"venue, {columns}"
+    transport.command(f"INSERT INTO pulse_metrics ({columns}) VALUES "
+                      "('okx', 'BTCUSDT', '2026-01-01 00:00:00', '2026-01-01 00:00:01', 1, 1, 101, 'NEUTRAL', 1), "
+                      "('okx', 'BTCUSDT', '2026-01-01 00:00:00', '2026-01-01 00:00:01', 3, 3, 303, 'NEUTRAL', 3), "
+                      "('binance-spot', 'BTCUSDT', '2026-01-01 00:00:00', '2026-01-01 00:00:01', 2, 1, 99,"
+                      " 'NEUTRAL', 2)")
+    kept = transport.query_arrow("SELECT venue, trade_count FROM pulse_metrics_latest ORDER BY venue").to_pylist()
+    assert kept == [{"venue": "", "trade_count": 7}, {"venue": "binance-spot", "trade_count": 2},
+                    {"venue": "okx", "trade_count": 3}]
+    rollup = transport.query_arrow("SELECT venue, trade_count FROM pulse_metrics_1m ORDER BY venue").to_pylist()
+    assert [r["trade_count"] for r in rollup] == [7, 2, 3]
 
 
 def _render_users(writer: str, reader: str, database: str, writer_hash: str, reader_hash: str) -> str:

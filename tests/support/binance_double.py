@@ -44,10 +44,10 @@ from websockets.http11 import Request, Response
 from tests.support.recordings import recorded_payloads
 
 _REST_KEYS = ("a", "p", "q", "f", "l", "T", "m")
-Market = Literal["usdm", "spot", "coinm"]
+Market = Literal["usdm", "spot", "coinm", "us"]
 # market -> (live stream path, REST prefix)
 _PATHS: dict[str, tuple[str, str]] = {"usdm": ("/market/stream", "/fapi/v1"), "spot": ("/stream", "/api/v3"),
-                                      "coinm": ("/stream", "/dapi/v1")}
+                                      "coinm": ("/stream", "/dapi/v1"), "us": ("/stream", "/api/v3")}
 
 
 def agg_trades_from_recording(path: Path) -> list[dict[str, Any]]:

@@ -15,15 +15,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pulse.producer import ProducerService
 from pulse.runtime import Plan, Until, run
-from pulse.settings import PulseSettings
+from pulse.settings import PulseSettings, VenueName
 from pulse.source.replay import ReplaySource
 from pulse.storage.clickhouse import ClickHouseTransport
 from pulse.telemetry import TelemetryCollector
 
 
-def publish_recording(settings: PulseSettings, path: Path, symbol: str | None = None) -> int:
+def publish_recording(settings: PulseSettings, path: Path, symbol: str | None = None,
+                      venue: VenueName = "binance-usdm", instruments: Path | None = None) -> int:
     """Replay `path` flat out through the producer `pulse produce --source replay` runs; the trades published."""
-    service = run(Plan(settings, ReplaySource(path, symbol), until=Until.SOURCE_ENDED)).producer
+    source = ReplaySource(path, symbol, venue=venue, instruments=instruments)
+    service = run(Plan(settings, source, until=Until.SOURCE_ENDED)).producer
     assert service is not None
     assert service.published == service.router.trades + service.router.invalid
     return service.router.trades

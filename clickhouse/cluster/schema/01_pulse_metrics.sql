@@ -9,7 +9,10 @@
 -- fails when the two files disagree.
 CREATE TABLE IF NOT EXISTS pulse_metrics_local
 (
+    venue                  LowCardinality(String),
     symbol                 LowCardinality(String),
+    base_asset             LowCardinality(String),
+    quote_asset            LowCardinality(String),
     window_start           DateTime64(3, 'UTC'),
     window_end             DateTime64(3, 'UTC'),
     vwap                   Float64,
@@ -33,12 +36,13 @@ CREATE TABLE IF NOT EXISTS pulse_metrics_local
     max_ingest_latency_ms  Float64,
     avg_write_latency_ms   Float64,
     max_write_latency_ms   Float64,
+    first_trade_time       DateTime64(3, 'UTC'),
     written_at             DateTime64(3, 'UTC'),
     version                UInt64
 )
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/pulse_metrics_local', '{replica}', version)
 PARTITION BY toDate(window_start)
-ORDER BY (symbol, window_start);
+ORDER BY (symbol, window_start, venue);
 
 CREATE TABLE IF NOT EXISTS pulse_metrics AS pulse_metrics_local
 ENGINE = Distributed('{cluster}', currentDatabase(), pulse_metrics_local, cityHash64(symbol));

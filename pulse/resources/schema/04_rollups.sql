@@ -4,6 +4,7 @@
 -- would add every version of a window into its bucket. Summing the sums keeps VWAP exact.
 CREATE VIEW IF NOT EXISTS pulse_metrics_5s AS
 SELECT
+    m.venue AS venue,
     m.symbol AS symbol,
     toStartOfInterval(m.window_start, INTERVAL 5 SECOND) AS bucket_start,
     sum(m.quote_volume) / sum(m.total_volume)             AS vwap,
@@ -17,10 +18,11 @@ SELECT
     argMax(m.close, m.window_start)                       AS close,
     sum(m.expected_trade_count)                         AS expected_trade_count
 FROM pulse_metrics AS m FINAL
-GROUP BY symbol, bucket_start;
+GROUP BY venue, symbol, bucket_start;
 
 CREATE VIEW IF NOT EXISTS pulse_metrics_1m AS
 SELECT
+    m.venue AS venue,
     m.symbol AS symbol,
     toStartOfMinute(m.window_start)                     AS bucket_start,
     sum(m.quote_volume) / sum(m.total_volume)             AS vwap,
@@ -34,4 +36,4 @@ SELECT
     argMax(m.close, m.window_start)                       AS close,
     sum(m.expected_trade_count)                         AS expected_trade_count
 FROM pulse_metrics AS m FINAL
-GROUP BY symbol, bucket_start;
+GROUP BY venue, symbol, bucket_start;

@@ -3,6 +3,7 @@
 -- ranges and a rollup for longer ones, with one query text.
 CREATE VIEW IF NOT EXISTS pulse_metrics_1s AS
 SELECT
+    m.venue AS venue,
     m.symbol AS symbol,
     m.window_start AS bucket_start,
     m.vwap AS vwap,

@@ -2,7 +2,7 @@
 -- often it moved the way the signal pointed. Plain views over the newest version of each window
 -- (pulse_metrics_latest), so a window rewritten by late trades or a replay counts once, as written last.
 --
--- For a window w of a symbol, with close c (the price of its highest aggregate id) and end e:
+-- For a window w of a symbol (on one venue), with close c (the price of its highest aggregate id) and end e:
 --   forward price  = close of the symbol's latest window with window_end <= e + h (w itself if none
 --                    came after it within h: a quiet market did not move).
 --   forward return = (forward price / c - 1) x 10 000 bps.
@@ -14,6 +14,7 @@
 -- One row per window and horizon that counts.
 CREATE VIEW IF NOT EXISTS pulse_signal_outcomes AS
 SELECT
+    venue,
     symbol,
     window_start,
     window_end,
@@ -32,6 +33,7 @@ SELECT
 FROM
 (
     SELECT
+        venue,
         symbol,
         window_start,
         window_end,
@@ -39,14 +41,14 @@ FROM
         close,
         -- Integer milliseconds, so the frames below are exact ranges on the time axis.
         toUnixTimestamp64Milli(window_end) AS end_ms,
-        max(end_ms) OVER (PARTITION BY symbol) AS last_end_ms,
+        max(end_ms) OVER (PARTITION BY venue, symbol) AS last_end_ms,
         -- The frame holds the windows ending in [e, e + h]: its last row is the latest one ending by
-        -- e + h (w itself at least). One window per (symbol, window_start), so the order has no ties.
-        last_value(close) OVER (PARTITION BY symbol ORDER BY end_ms
+        -- e + h (w itself at least). One window per (venue, symbol, window_start), so the order has no ties.
+        last_value(close) OVER (PARTITION BY venue, symbol ORDER BY end_ms
                                 RANGE BETWEEN CURRENT ROW AND 5000 FOLLOWING) AS forward_5s,
-        last_value(close) OVER (PARTITION BY symbol ORDER BY end_ms
+        last_value(close) OVER (PARTITION BY venue, symbol ORDER BY end_ms
                                 RANGE BETWEEN CURRENT ROW AND 30000 FOLLOWING) AS forward_30s,
-        last_value(close) OVER (PARTITION BY symbol ORDER BY end_ms
+        last_value(close) OVER (PARTITION BY venue, symbol ORDER BY end_ms
                                 RANGE BETWEEN CURRENT ROW AND 60000 FOLLOWING) AS forward_60s
     FROM pulse_metrics_latest
 )

@@ -1,4 +1,4 @@
--- Cumulative volume delta: the running sum of net_delta (taker buys minus taker sells) per symbol,
+-- Cumulative volume delta: the running sum of net_delta (taker buys minus taker sells) per venue and symbol,
 -- from the start of a chosen range. A parameterised view, because CVD only means something from a
 -- starting point: the range is part of the definition, not a filter on the result.
 --   SELECT * FROM pulse_cvd(from_time = now() - INTERVAL 15 MINUTE, to_time = now()) WHERE symbol = 'BTCUSDT'
@@ -6,12 +6,13 @@
 -- One row per window (pulse_metrics_latest): a rewritten window's delta is added once, as written last.
 CREATE VIEW IF NOT EXISTS pulse_cvd AS
 SELECT
+    venue,
     symbol,
     window_start,
     window_end,
     close,
     net_delta,
-    sum(net_delta) OVER (PARTITION BY symbol ORDER BY window_start
+    sum(net_delta) OVER (PARTITION BY venue, symbol ORDER BY window_start
                          ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS cvd
 FROM pulse_metrics_latest
 WHERE window_start >= {from_time:DateTime64(3, 'UTC')}

@@ -29,6 +29,7 @@ from pulse.source.binance.rest import BinanceRest, RestError, WeightBudget
 from pulse.source.binance.sequencer import AggregateIdSequencer
 from pulse.source.binance.wire import BinanceAggTrade, to_trade
 from pulse.source.binance.ws import MAX_STREAMS_PER_CONNECTION, BinanceStream
+from pulse.source.venues import BinanceReader
 from pulse.telemetry import Telemetry, merge
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,9 @@ class GapFiller:
     """
 
     def __init__(self, settings: ProducerSettings, sequencer: AggregateIdSequencer, rest: BinanceRest | None,
-                 out: Output) -> None:
+                 out: Output, venue: str = "binance-usdm") -> None:
         self._settings = settings
+        self._venue = venue
         self._sequencer = sequencer
         self._rest = rest
         self._out = out
@@ -101,7 +103,7 @@ class GapFiller:
                 if recovered and recovered[0].a == gap.first_missing_id:
                     received = now_ms()
                     for wire in recovered:
-                        self._release(self._sequencer.accept(to_trade(wire, received)))
+                        self._release(self._sequencer.accept(to_trade(wire, received, self._venue)))
                     self.counters.trades_filled += len(recovered)
                     continue
                 lost_to = recovered[0].a - 1 if recovered else gap.last_missing_id
@@ -207,7 +209,8 @@ class BinanceSource:
             raise ValueError("resolve 'all' with market_symbols() before building the source")
         self.name = f"binance:{self.market.name}"
         self.sequencer = AggregateIdSequencer()
-        self._decoder = FrameDecoder(self.name)
+        self.venue = f"binance-{self.market.name}"
+        self._decoder = FrameDecoder(self.name, BinanceReader(self.venue))
         ws_url = self.market.stream_url(settings.ws_base_url)
         self.streams = [BinanceStream(settings, ws_url, shard, self._on_frame) for shard in shards(self.symbols)]
         self._session: aiohttp.ClientSession | None = None
@@ -225,18 +228,17 @@ class BinanceSource:
         """A frame from any connection; True when it held an aggTrade (that keeps its watchdog quiet)."""
         out, gaps = self._out, self.gaps
         assert out is not None and gaps is not None
-        trade = self._decoder.decode(raw, out)
-        if trade is None:
-            return False
-        for ready in self.sequencer.accept(trade):
-            out.trade(ready)
-        if self.sequencer.held_count(trade.symbol):
-            gaps.notice(trade.symbol)
-        return True
+        trades = self._decoder.decode(raw, out)
+        for trade in trades:
+            for ready in self.sequencer.accept(trade):
+                out.trade(ready)
+            if self.sequencer.held_count(trade.symbol):
+                gaps.notice(trade.symbol)
+        return bool(trades)
 
     async def run(self, out: Output, stop: asyncio.Event) -> None:
         self._out = out
-        self.gaps = GapFiller(self._settings, self.sequencer, self.rest, out)
+        self.gaps = GapFiller(self._settings, self.sequencer, self.rest, out, self.venue)
         running = [asyncio.create_task(stream.run(stop)) for stream in self.streams]
         try:
             # A stream only ends when stopped, or by a bug in the frame path: that must surface.

@@ -49,4 +49,9 @@ MARKETS: dict[MarketName, Market] = {
                    "/api/v3/aggTrades", "/api/v3/exchangeInfo", 6000, 4, 20),
     "coinm": Market("coinm", "COIN-M futures", "wss://dstream.binance.com/stream", "https://dapi.binance.com",
                     "/dapi/v1/aggTrades", "/dapi/v1/exchangeInfo", 2400, 20, 1),
+    # Binance.US: Binance spot's frames and REST paths on its own hosts (https://docs.binance.us). Its
+    # exchangeInfo (recorded 2021, ../shared/data/venues) allows 1,200 request weight per minute; the
+    # per-call weights are taken as spot's, the larger of the two.
+    "us": Market("us", "Binance.US spot", "wss://stream.binance.us:9443/stream", "https://api.binance.us",
+                 "/api/v3/aggTrades", "/api/v3/exchangeInfo", 1200, 4, 20),
 }

@@ -18,23 +18,30 @@ Binance adds fields without notice and rejecting them would turn a schema extens
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Annotated, Literal
 
 import msgspec
 
-from pulse.model import FIRST_TRADE_MS, MAX_AHEAD_MS, SYMBOL_PATTERN, Trade
+from pulse.model import FIRST_TRADE_MS, SYMBOL_PATTERN, Trade
+from pulse.source.contract import (
+    MAX_FRAME_BYTES,
+    InvalidFrame,
+    NotATrade,
+    PositiveDecimal,
+    Symbol,
+    check_not_ahead,
+    guarded,
+    positive_double,
+    split_glued,
+)
 
-Symbol = Annotated[str, msgspec.Meta(pattern=SYMBOL_PATTERN)]
-# A decimal string > 0: digits with at least one non-zero; no sign, exponent, NaN or infinity.
-PositiveDecimal = Annotated[str, msgspec.Meta(pattern=r"^(?=[0-9.]*[1-9])[0-9]+(?:\.[0-9]+)?$")]
+__all__ = ["MAX_FRAME_BYTES", "InvalidFrame", "NotATrade", "decode_frame", "decode_rest_page", "to_trade"]
+
 _INT64_MAX = 2**63 - 1
 Id = Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)]
 EpochMs = Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)]
 TradeTime = Annotated[int, msgspec.Meta(ge=FIRST_TRADE_MS, le=_INT64_MAX)]
-# An aggTrade frame is ~250 bytes; anything near this is not one, and a dead letter carries its head.
-MAX_FRAME_BYTES = 1 << 20
 
 _is_symbol = re.compile(SYMBOL_PATTERN).match
 
@@ -42,18 +49,6 @@ _is_symbol = re.compile(SYMBOL_PATTERN).match
 def is_symbol(name: str) -> bool:
     """Whether `name` is spelled as Binance spells symbols (upper case)."""
     return _is_symbol(name) is not None
-
-
-class InvalidFrame(ValueError):
-    """A frame that cannot become a trade; `reason` is what goes to the dead-letter topic."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class NotATrade(Exception):
-    """A well-formed frame of another stream (depth, bookTicker, kline...): skipped, not an error."""
 
 
 class BinanceAggTrade(msgspec.Struct, frozen=True):
@@ -140,14 +135,7 @@ def decode_frame(raw: str | bytes, default_symbol: str | None = None) -> Binance
     Raises `NotATrade` for frames of other streams and `InvalidFrame` for anything broken.
     `default_symbol` names the symbol of recordings whose payloads carry none.
     """
-    if len(raw) > MAX_FRAME_BYTES:
-        raise InvalidFrame(f"frame of {len(raw):,} bytes, over the {MAX_FRAME_BYTES:,}-byte limit")
-    try:
-        return _decode_frame(raw, default_symbol)
-    except RecursionError:
-        raise InvalidFrame("not JSON Pulse reads: nested deeper than the decoder follows") from None
-    except UnicodeDecodeError as error:
-        raise InvalidFrame(f"not UTF-8 text: {error.reason} at byte {error.start}") from None
+    return guarded(lambda frame: _decode_frame(frame, default_symbol), raw)
 
 
 def _decode_frame(raw: str | bytes, default_symbol: str | None) -> BinanceAggTrade:
@@ -196,32 +184,25 @@ def decode_rest_page(body: bytes, symbol: str) -> list[BinanceAggTrade]:
                                    l=item.l, T=item.T, m=item.m) for item in page), key=lambda trade: trade.a)
 
 
-def _positive_double(field: str, text: str) -> float:
-    value = float(text)
-    if not 0.0 < value < math.inf:  # digits alone can still overflow (inf) or underflow (0.0) a double
-        raise InvalidFrame(f"field {field!r}: {text[:24]}{'...' if len(text) > 24 else ''} is not a positive"
-                           " finite double")
-    return value
-
-
-def to_trade(wire: BinanceAggTrade, ingest_time_ms: int) -> Trade:
+def to_trade(wire: BinanceAggTrade, ingest_time_ms: int, venue: str = "binance-usdm") -> Trade:
     """The one conversion from Binance's wire record to the domain record (the last checks that need
-    numbers: doubles in range, a trade time not ahead of the event time or the receipt)."""
-    ahead = wire.T - min(wire.E, ingest_time_ms)
-    if ahead > MAX_AHEAD_MS:
-        against = "the frame's event time" if ingest_time_ms >= wire.E else "its receipt"
-        raise InvalidFrame(f"field 'T': {ahead:,} ms after {against}, more than {MAX_AHEAD_MS:,} ms: a trade from"
-                           " the future would move the watermark")
+    numbers: doubles in range, a trade time not ahead of the event time or the receipt). Binance.US
+    speaks the same frames: `venue` names which Binance it was."""
+    check_not_ahead("T", wire.T, wire.E, ingest_time_ms)
+    base, quote = split_glued(wire.s)
     return Trade(
         symbol=wire.s,
         agg_trade_id=wire.a,
-        price=_positive_double("p", wire.p),
-        quantity=_positive_double("q", wire.q),
+        price=positive_double("p", wire.p),
+        quantity=positive_double("q", wire.q),
         first_trade_id=wire.f,
         last_trade_id=wire.l,
         trade_time_ms=wire.T,
         event_time_ms=wire.E,
         buyer_is_maker=wire.m,
         ingest_time_ms=ingest_time_ms,
-        quantity_no_rpi=_positive_double("nq", wire.nq) if wire.nq is not None else None,
+        quantity_no_rpi=positive_double("nq", wire.nq) if wire.nq is not None else None,
+        venue=venue,
+        base=base,
+        quote=quote,
     )

@@ -82,8 +82,8 @@ class _Connection:
 
 # What a refused handshake means for the user: these do not heal by reconnecting faster.
 REFUSAL_HINTS = {
-    451: "Binance refuses connections from this region (HTTP 451): run Pulse where Binance is available, "
-         "or replay a recording (pulse demo --input FILE)",
+    451: "Binance refuses connections from this region (HTTP 451): try Binance.US (--venue binance-us), run"
+         " Pulse where Binance is available, or replay a recording (pulse demo --input FILE)",
     403: "Binance refused the connection (HTTP 403): check a proxy or firewall in between",
     429: "Binance rate-limits this IP (HTTP 429): wait before reconnecting, and open fewer connections",
     418: "Binance banned this IP for a while (HTTP 418) after rate-limit violations: wait it out",

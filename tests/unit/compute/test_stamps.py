@@ -21,8 +21,10 @@ def test_metrics_rows_get_write_latencies_time_and_the_trade_count_as_version_an
 
     assert stamped == [
         {"symbol": "A", "trade_count": 3, "avg_write_latency_ms": 749.5, "max_write_latency_ms": 1249.0,
+         "first_trade_time": datetime(2024, 1, 1, 0, 0, 0, 1_000, tzinfo=UTC),
          "written_at": datetime(2024, 1, 1, 0, 0, 1, 250_000, tzinfo=UTC), "version": 3},
         {"symbol": "B", "trade_count": 1, "avg_write_latency_ms": 250.0, "max_write_latency_ms": 250.0,
+         "first_trade_time": datetime(2024, 1, 1, 0, 0, 1, tzinfo=UTC),
          "written_at": datetime(2024, 1, 1, 0, 0, 1, 250_000, tzinfo=UTC), "version": 1},
     ]
     assert freshness_ms(windows, WRITTEN_MS) == [50.0, 250.0]
@@ -37,7 +39,7 @@ def test_an_empty_batch_stays_empty_with_the_table_columns() -> None:
 
     assert stamped.num_rows == 0
     assert stamped.column_names == ["symbol", "trade_count", "avg_write_latency_ms", "max_write_latency_ms",
-                                    "written_at", "version"]
+                                    "first_trade_time", "written_at", "version"]
 
 
 def test_rejects_get_their_rejection_time_first_and_the_version_last() -> None:

@@ -74,8 +74,7 @@ def test_router_sends_every_refused_frame_to_the_dead_letter_queue(frames: list[
         decoder = FrameDecoder("fuzz")
         outcomes = [_check(raw) for raw in frames]
         for raw in frames:
-            trade = decoder.decode(raw, router)
-            if trade is not None:
+            for trade in decoder.decode(raw, router):
                 router.trade(trade)
         records = await queue.take(10_000) if len(queue) else []
         dead = [json.loads(r.value) for r in records if r.topic == "dlq"]

@@ -1,0 +1,1 @@
+"""bybit trades: wire structs and the conversion to the domain record."""

@@ -1,0 +1,1 @@
+"""coinbase trades: wire structs and the conversion to the domain record."""

@@ -1,0 +1,1 @@
+"""okx trades: wire structs and the conversion to the domain record."""
