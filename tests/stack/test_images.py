@@ -76,9 +76,14 @@ class Stage:
 def stages(dockerfile: Path = DOCKERFILE) -> dict[str, Stage]:
     found: dict[str, Stage] = {}
     current: Stage | None = None
+    # ARGs before the first FROM name the base images; their defaults are what compose builds on.
+    defaults: dict[str, str] = {}
     for kind, args in instructions(dockerfile):
-        if kind == "FROM":
-            words = args.split()
+        if kind == "ARG" and current is None:
+            name, _, default = args.partition("=")
+            defaults[name] = default
+        elif kind == "FROM":
+            words = re.sub(r"\$\{(\w+)\}", lambda m: defaults.get(m.group(1), m.group(0)), args).split()
             name = words[2] if len(words) == 3 and words[1].upper() == "AS" else f"#{len(found)}"
             current = found[name] = Stage(name, words[0])
         elif current is not None:
