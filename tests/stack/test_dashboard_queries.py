@@ -356,7 +356,7 @@ def test_play_queries_in_docs_run_on_the_schema(stack: Stack) -> None:
     text = (ROOT / "docs" / "queries.md").read_text()
     queries = re.findall(r"```sql\n(.*?)```", text, flags=re.DOTALL)
     assert len(queries) >= 5
-    for view in ("pulse_cvd(", "pulse_signal_quality", "pulse_signal_outcomes"):
+    for view in ("pulse_cvd(", "pulse_signal_quality", "pulse_signal_outcomes", "pulse_asset_metrics"):
         assert any(view in query for query in queries), f"docs/queries.md has no query on {view}"
     # `now()` moved to the end of the recorded session, so the filters select the inserted windows.
     session_end = f"toDateTime64('{stack.last_end:%Y-%m-%d %H:%M:%S}', 3, 'UTC')"
