@@ -63,18 +63,14 @@ def _venue_arguments(parser: argparse.ArgumentParser, instruments: bool = True) 
                                  " values of swaps and futures")
 
 
-def _market(venue: str | None, market: str | None) -> str | None:
-    """The Binance market a live run reads: `--venue binance-X` is `--market X`. Other venues are
-    read from recordings only, so far (docs/venues.md)."""
+def _venue_options(venue: str | None, market: str | None) -> dict[str, object]:
+    """The producer settings `--venue` and `--market` give: `--venue binance-X` is `--market X`."""
     if venue is None:
-        return market
-    if not venue.startswith("binance-"):
-        raise UsageError(f"live trades of {venue} are not built yet: replay a recording of it"
-                         f" (pulse demo --input FILE --venue {venue}); where Binance refuses, --venue binance-us")
-    named = venue.removeprefix("binance-")
+        return _given(market=market)
+    named = venue.removeprefix("binance-") if venue.startswith("binance-") else None
     if market is not None and market != named:
         raise UsageError(f"--venue {venue} and --market {market} disagree: give one of them")
-    return named
+    return _given(venue=venue, market=named)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -95,8 +91,9 @@ def _build_parser() -> argparse.ArgumentParser:
     live = commands.add_parser("live", help="the whole pipeline locally on live Binance trades, until Ctrl-C",
                                parents=[common])
     live.add_argument("--symbols", default=None,
-                      help="comma-separated Binance symbols (BTCUSDT,ETHUSDT; BTCUSDT_260327; BTCUSD_PERP on COIN-M),"
-                           " or 'all' for every trading symbol of the market (default: settings, BTCUSDT)")
+                      help="comma-separated symbols in the venue's names (Binance BTCUSDT,ETHUSDT; BTCUSDT_260327;"
+                           " BTCUSD_PERP on COIN-M; OKX BTC-USDT-SWAP; Coinbase BTC-USD), or 'all' for every"
+                           " trading symbol of a Binance market (default: settings, BTCUSDT)")
     live.add_argument("--market", choices=get_args(MarketName), default=None,
                       help="Binance market (default: settings, usdm = USD-M futures)")
     _venue_arguments(live, instruments=False)
@@ -226,10 +223,15 @@ def _symbols_arg(value: str) -> list[str]:
 
 
 def _resolve_symbols(settings: PulseSettings) -> PulseSettings:
-    """The symbols checked against the market's exchangeInfo ('all' listed), before any JVM starts."""
+    """Binance's symbols checked against the market's exchangeInfo ('all' listed), before any JVM
+    starts. Other venues take symbols as given (their sources refuse 'all')."""
     import asyncio  # noqa: PLC0415
 
     from pulse.source.binance.live import market_symbols  # noqa: PLC0415
+
+    venue = settings.producer.venue
+    if venue is not None and not venue.startswith("binance-"):
+        return settings
 
     symbols = asyncio.run(market_symbols(settings.producer, settings.producer.symbols))
     return settings.override(producer={"symbols": symbols})
@@ -305,9 +307,9 @@ def _run_demo(args: argparse.Namespace, settings: PulseSettings) -> int:
 
 
 def _run_live(args: argparse.Namespace, settings: PulseSettings) -> int:
-    settings = settings.override(producer=_given(
-        market=_market(args.venue, args.market),
-        symbols=_symbols_arg(args.symbols) if args.symbols is not None else None))
+    settings = settings.override(producer={
+        **_venue_options(args.venue, args.market),
+        **_given(symbols=_symbols_arg(args.symbols) if args.symbols is not None else None)})
     kafka = settings.kafka.bootstrap_servers
     if kafka:
         _check_kafka(kafka)
@@ -325,19 +327,19 @@ def _run_live(args: argparse.Namespace, settings: PulseSettings) -> int:
 
 
 def _source(args: argparse.Namespace, settings: PulseSettings) -> Source:
-    from pulse.source.binance.live import BinanceSource  # noqa: PLC0415
     from pulse.source.replay import ReplaySource  # noqa: PLC0415
     from pulse.source.synthetic import SyntheticSource  # noqa: PLC0415
+    from pulse.source.venue_live import live_source  # noqa: PLC0415
 
     if args.source == "replay":
         if args.input is None:
             raise UsageError("--source replay needs --input FILE")
         _check_recording(args.input, args.symbol)
-        venue: VenueName = args.venue or cast(VenueName, f"binance-{settings.producer.market}")
+        venue: VenueName = settings.producer.venue or cast(VenueName, f"binance-{settings.producer.market}")
         return ReplaySource(args.input, args.symbol, args.speed, venue, args.instruments)
     if args.source == "synthetic":
         return SyntheticSource(settings.producer.symbols, args.rate, args.total)
-    return BinanceSource(settings.producer)
+    return live_source(settings.producer)
 
 
 def _run_produce(args: argparse.Namespace, settings: PulseSettings) -> int:
@@ -345,9 +347,9 @@ def _run_produce(args: argparse.Namespace, settings: PulseSettings) -> int:
     from pulse.telemetry import configure_json_logging  # noqa: PLC0415
 
     settings = settings.override(
-        producer=_given(market=_market(args.venue, args.market) if args.source == "live" else args.market,
-                        symbols=_symbols_arg(args.symbols) if args.symbols else None,
-                        metrics_port=args.metrics_port),
+        producer={**_venue_options(args.venue, args.market),
+                  **_given(symbols=_symbols_arg(args.symbols) if args.symbols else None,
+                           metrics_port=args.metrics_port)},
         kafka=_given(bootstrap_servers=args.bootstrap_servers))
     if args.source == "live" and settings.producer.symbols == ["ALL"]:
         settings = _resolve_symbols(settings)

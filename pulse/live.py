@@ -1,13 +1,14 @@
 """`pulse live`: the whole pipeline on this machine against the real exchange, until Ctrl-C.
 
-The plan: the live Binance source (symbols already resolved by the CLI,
-`pulse.source.binance.live.market_symbols`) through the producer, the Spark job and ClickHouse
+The plan: the live source of the venue settings name (Binance's markets, symbols already
+resolved by the CLI, `pulse.source.binance.live.market_symbols`; OKX, Coinbase, Bybit:
+`pulse.source.venue_live`) through the producer, the Spark job and ClickHouse
 (the embedded broker and chDB unless settings name others), until a stop request. Then the producer
 drains, Spark stores the last trades, and everything stops; the windows stay for `pulse sql`.
 
 A run that cannot start streaming ends at once instead of retrying forever as the service does
-(`fail_fast`): Binance refusing the connection (HTTP 451 from restricted regions, 403, 429) before
-any connection opened, or no connection opening at all (`BinanceSource.fatal`).
+(`fail_fast`): the venue refusing the connection (Binance: HTTP 451 from restricted regions, 403,
+429) before any connection opened, or no connection opening at all (`Source.fatal`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from collections.abc import Callable
 from pulse.dashboard import DashboardObserver, WarningCount
 from pulse.runtime import Plan, StopSignal, Until, run
 from pulse.settings import PulseSettings
+from pulse.source.base import Source
 from pulse.source.binance.live import BinanceSource
+from pulse.source.venue_live import VenueSource, live_source
 from pulse.summary import RunSummary, summary_of
 
 
@@ -29,9 +32,10 @@ def live_plan(settings: PulseSettings) -> Plan:
         # The embedded broker's topic holds only this data directory's runs, and a new checkpoint
         # must not skip the trades published before Spark's first trigger ("latest" would).
         settings = settings.override(spark={"starting_offsets": "earliest"})
-    source = BinanceSource(settings.producer)
+    source = live_source(settings.producer)
+    assert isinstance(source, BinanceSource | VenueSource)
     symbols, streams = len(source.symbols), len(source.streams)
-    label = (f"streaming {symbols} symbol{'s' if symbols != 1 else ''} from Binance {source.market.title} over"
+    label = (f"streaming {symbols} symbol{'s' if symbols != 1 else ''} from {_where(source)} over"
              f" {streams} connection{'s' if streams != 1 else ''}; Ctrl-C stops")
     return Plan(settings, source, label=label, compute=True, until=Until.STOPPED, finish_s=60, fail_fast=True)
 
@@ -41,9 +45,16 @@ def run_live(settings: PulseSettings, say: Callable[[str], None], stop: StopSign
     """Stream `settings.producer.symbols` (already resolved) until `stop` is set; the run's summary."""
     plan = live_plan(settings)
     source = plan.source
-    assert isinstance(source, BinanceSource)
-    market = source.market.title
-    observer = DashboardObserver(say, f"Pulse live · Binance {market} · {len(source.symbols)} symbols", live=True,
+    assert source is not None
+    where = _where(source)
+    observer = DashboardObserver(say, f"Pulse live · {where} · {len(source.symbols)} symbols", live=True,
                                  symbols=source.symbols, warnings=warnings, show=dashboard)
     outcome = run(plan, observer, stop)
-    return summary_of(outcome, "live", f"Binance {market}", plan.settings.data_dir)
+    return summary_of(outcome, "live", where, plan.settings.data_dir)
+
+
+def _where(source: Source) -> str:
+    if isinstance(source, BinanceSource):
+        return f"Binance {source.market.title}"
+    assert isinstance(source, VenueSource)
+    return source.venue.title

@@ -66,6 +66,10 @@ class ProducerSettings(BaseModel):
     # NoDecode: PULSE_PRODUCER__SYMBOLS=BTCUSDT,ETHUSDT is a comma list, not JSON.
     symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["BTCUSDT"])
     market: MarketName = "usdm"
+    # Another venue than Binance's markets (docs/venues.md); None: Binance's `market`.
+    venue: VenueName | None = None
+    # Seconds between the keep-alive messages of venues that want them (OKX, Bybit); None: the venue's own.
+    keepalive_s: float | None = Field(default=None, gt=0)
     # None: the market's own endpoints. Set them for a proxy, or a local double of Binance in tests.
     ws_base_url: str | None = None
     rest_base_url: str | None = None
@@ -114,6 +118,12 @@ class ProducerSettings(BaseModel):
     @classmethod
     def _upper_symbols(cls, value: list[str]) -> list[str]:
         return [symbol.upper() for symbol in value]
+
+    @field_validator("venue", mode="before")
+    @classmethod
+    def _no_venue(cls, value: object) -> object:
+        # Compose passes an unset PRODUCER_VENUE as "": Binance's market then.
+        return None if value == "" else value
 
 
 # Runs that await their end (`pulse demo`, `pulse live`, `--until-idle`, the notebook) see it at a batch end.

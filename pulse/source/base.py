@@ -15,8 +15,8 @@ from typing import Protocol
 
 from pulse.errors import PulseError
 from pulse.model import DeadLetter, GapEvent, Trade
-from pulse.source.contract import InvalidFrame, NotATrade
-from pulse.source.venues import BinanceReader, TradeReader
+from pulse.source.binance.wire import BinanceReader
+from pulse.source.contract import InvalidFrame, NotATrade, TradeReader
 from pulse.telemetry import Telemetry
 
 # Dead letters carry a raw payload up to this size whole, a larger one by its head.

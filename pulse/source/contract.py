@@ -12,13 +12,23 @@ import hashlib
 import math
 import re
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar
 
 import msgspec
 
-from pulse.model import FIRST_TRADE_MS, MAX_AHEAD_MS, SYMBOL_PATTERN
+from pulse.model import FIRST_TRADE_MS, MAX_AHEAD_MS, SYMBOL_PATTERN, Trade
 
 T = TypeVar("T")
+
+
+class TradeReader(Protocol):
+    """One venue's frames -> trades (pulse.source.venues picks one per venue)."""
+
+    venue: str
+
+    def trades(self, raw: str | bytes, received_ms: int) -> list[Trade]:
+        """The trades in one frame; raises NotATrade (skipped) or InvalidFrame (dead-lettered)."""
+        ...
 
 
 class InvalidFrame(ValueError):

@@ -6,39 +6,24 @@ venue's websocket (live or recorded) into trades; everything after it sees the o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, get_args
+from typing import Literal, get_args
+from urllib.parse import urlsplit
 
 from pulse.errors import UsageError
-from pulse.model import Trade
 from pulse.settings import VenueName
-from pulse.source.binance.wire import decode_frame, to_trade
+from pulse.source.binance.wire import BinanceReader
+from pulse.source.bybit import wire as bybit
 from pulse.source.bybit.wire import BybitReader
+from pulse.source.coinbase import wire as coinbase
 from pulse.source.coinbase.wire import CoinbaseReader
-from pulse.source.contract import InvalidFrame
+from pulse.source.contract import InvalidFrame, TradeReader
+from pulse.source.okx import wire as okx
 from pulse.source.okx.wire import Instrument, OkxReader, parse_instruments
 
 VENUE_NAMES: tuple[VenueName, ...] = get_args(VenueName)
-
-
-class TradeReader(Protocol):
-    venue: str
-
-    def trades(self, raw: str | bytes, received_ms: int) -> list[Trade]:
-        """The trades in one frame; raises NotATrade (skipped) or InvalidFrame (dead-lettered)."""
-        ...
-
-
-class BinanceReader:
-    """Binance's aggTrade frames (every Binance market, and Binance.US, which speaks the same)."""
-
-    def __init__(self, venue: str = "binance-usdm", default_symbol: str | None = None) -> None:
-        self.venue = venue
-        self._default_symbol = default_symbol
-
-    def trades(self, raw: str | bytes, received_ms: int) -> list[Trade]:
-        return [to_trade(decode_frame(raw, self._default_symbol), received_ms, self.venue)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +35,18 @@ class Venue:
     # filled over REST where `gap_fill`); "increasing" and "unordered" ids only deduplicate.
     ids: Literal["consecutive", "increasing", "unordered"]
     gap_fill: bool
+    # Venues that subscribe by message after connecting (Binance's take the streams in the URL):
+    # the messages for some symbols, and what to send how often to keep the connection.
+    subscribe: Callable[[list[str]], list[str]] | None = None
+    keepalive: tuple[float, str] | None = None
+
+    def url(self, override: str | None) -> str:
+        """The venue's websocket URL, or `override`'s host with the venue's path unless it brings one."""
+        if not override:
+            return self.ws_url
+        if urlsplit(override).path.strip("/"):
+            return override
+        return override.rstrip("/") + urlsplit(self.ws_url).path
 
 
 VENUES: dict[VenueName, Venue] = {v.name: v for v in (
@@ -57,10 +54,14 @@ VENUES: dict[VenueName, Venue] = {v.name: v for v in (
     Venue("binance-spot", "Binance spot", "wss://stream.binance.com:9443/stream", "consecutive", True),
     Venue("binance-coinm", "Binance COIN-M futures", "wss://dstream.binance.com/stream", "consecutive", True),
     Venue("binance-us", "Binance.US spot", "wss://stream.binance.us:9443/stream", "consecutive", True),
-    Venue("okx", "OKX (spot, swaps, futures)", "wss://ws.okx.com:8443/ws/v5/public", "increasing", False),
-    Venue("coinbase", "Coinbase", "wss://advanced-trade-ws.coinbase.com", "consecutive", False),
-    Venue("bybit-linear", "Bybit linear contracts", "wss://stream.bybit.com/v5/public/linear", "unordered", False),
-    Venue("bybit-spot", "Bybit spot", "wss://stream.bybit.com/v5/public/spot", "increasing", False),
+    Venue("okx", "OKX", "wss://ws.okx.com:8443/ws/v5/public", "increasing", False, okx.subscriptions,
+          okx.KEEPALIVE),
+    Venue("coinbase", "Coinbase", "wss://advanced-trade-ws.coinbase.com", "consecutive", False,
+          coinbase.subscriptions, coinbase.KEEPALIVE),
+    Venue("bybit-linear", "Bybit linear contracts", "wss://stream.bybit.com/v5/public/linear", "unordered", False,
+          bybit.subscriptions, bybit.KEEPALIVE),
+    Venue("bybit-spot", "Bybit spot", "wss://stream.bybit.com/v5/public/spot", "increasing", False,
+          bybit.subscriptions, bybit.KEEPALIVE),
 )}
 
 

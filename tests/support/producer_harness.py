@@ -19,6 +19,7 @@ from pulse.producer import ProducerService
 from pulse.settings import KafkaSettings, PulseSettings
 from pulse.source.base import Source
 from pulse.source.binance.live import BinanceSource
+from pulse.source.venue_live import live_source
 from tests.support.binance_double import BinanceDouble, agg_trades_from_recording
 from tests.support.names import unique_name
 from tests.support.recordings import SPOT_RAW, USDM_RAW, recording
@@ -83,7 +84,7 @@ async def running_producer(settings: PulseSettings, bootstrap: str,
     """The producer as the runtime runs it (`ProducerService.serve`, with /metrics), in this loop; on exit it is stopped
     (drain + flush) and must end cleanly."""
     service = ProducerService(settings.override(kafka={"bootstrap_servers": bootstrap}),
-                              source or BinanceSource(settings.producer))
+                              source or live_source(settings.producer))
     stop = asyncio.Event()
     task = asyncio.create_task(service.serve(bootstrap, stop))
     await wait_until(lambda: service.metrics_port is not None or task.done(), 30, "the producer and its /metrics")

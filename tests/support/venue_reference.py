@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -18,6 +19,7 @@ from typing import Any
 
 from tests.support.recordings import ROOT
 from tests.support.reference import RefTrade, trades_from_recording
+from tests.support.venue_double import TapeTrade
 
 VENUES_DIR = ROOT.parent / "shared" / "data" / "venues"
 BINANCE_US = "BINANCE_US.ws.1.0"
@@ -96,3 +98,56 @@ def coinbase_trades(path: Path) -> list[RefTrade]:
 
 def binance_us_trades(path: Path) -> list[RefTrade]:
     return _once(iter(trades_from_recording(path)))
+
+
+# -- tapes for the live doubles (tests/support/venue_double.py), from the same recordings -----------
+
+def okx_tape(path: Path, spot_only: bool = False) -> list[TapeTrade]:
+    """The recording's trades, once each (sizes in contracts for swaps and futures, as OKX sends them)."""
+    seen: set[tuple[str, str]] = set()
+    tape = []
+    for frame in _frames(path):
+        if frame.get("arg", {}).get("channel") != "trades" or "data" not in frame:
+            continue
+        for t in frame["data"]:
+            if (t["instId"], t["tradeId"]) in seen or (spot_only and t["instId"].count("-") > 1):
+                continue
+            seen.add((t["instId"], t["tradeId"]))
+            tape.append(TapeTrade(t["instId"], t["tradeId"], t["px"], t["sz"], t["side"] == "buy", int(t["ts"])))
+    return sorted(tape, key=lambda t: t.time_ms)
+
+
+def okx_instruments_replies(path: Path) -> dict[str, str]:
+    """The recorded instruments replies by instType (SPOT, SWAP, FUTURES; options left out)."""
+    replies = {}
+    for line in path.read_text().splitlines():
+        if " -> " in line and "instType=" in line and "uly=" not in line:
+            inst_type = line.split("instType=", 1)[1].split(" ", 1)[0]
+            replies[inst_type] = line[line.index("{"):]
+    return replies
+
+
+def coinbase_tape(path: Path) -> list[TapeTrade]:
+    """The recording's matches, once each, in time order; a `sell` match (the maker sold) is a taker buy."""
+    seen: set[tuple[str, int]] = set()
+    tape = []
+    for frame in _frames(path):
+        if frame.get("type") in ("match", "last_match") and (frame["product_id"], frame["trade_id"]) not in seen:
+            seen.add((frame["product_id"], frame["trade_id"]))
+            tape.append(TapeTrade(frame["product_id"], str(frame["trade_id"]), frame["price"], frame["size"],
+                                  frame["side"] == "sell", _iso_ms(frame["time"])))
+    return sorted(tape, key=lambda t: (t.time_ms, t.symbol, int(t.trade_id)))
+
+
+def bybit_tape(path: Path, symbols: set[str], uuids: bool = False) -> list[TapeTrade]:
+    """No Bybit recording is at hand: real Binance spot trades of `symbols`, framed as Bybit frames them,
+    with spot's digit trade ids, or linear contracts' UUIDs."""
+    return [TapeTrade(t.symbol, str(uuid.uuid5(uuid.NAMESPACE_OID, f"{t.symbol}:{t.agg_id}")) if uuids
+                      else str(t.agg_id), str(t.price), str(t.qty), not t.buyer_maker, t.time_ms)
+            for t in trades_from_recording(path) if t.symbol in symbols]
+
+
+def tape_trades(tape: list[TapeTrade]) -> list[RefTrade]:
+    """The tape as the reference's trades; ids as their order in the tape where they are not numbers."""
+    return [RefTrade(t.symbol, int(t.trade_id) if t.trade_id.isdigit() else n, Decimal(t.price), Decimal(t.size),
+                     t.time_ms, not t.taker_buys) for n, t in enumerate(tape)]

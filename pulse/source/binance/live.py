@@ -27,9 +27,8 @@ from pulse.source.base import FrameDecoder, Output, now_ms
 from pulse.source.binance.markets import MARKETS, Market
 from pulse.source.binance.rest import BinanceRest, RestError, WeightBudget
 from pulse.source.binance.sequencer import AggregateIdSequencer
-from pulse.source.binance.wire import BinanceAggTrade, to_trade
+from pulse.source.binance.wire import BinanceAggTrade, BinanceReader, to_trade
 from pulse.source.binance.ws import MAX_STREAMS_PER_CONNECTION, BinanceStream
-from pulse.source.venues import BinanceReader
 from pulse.telemetry import Telemetry, merge
 
 log = logging.getLogger(__name__)

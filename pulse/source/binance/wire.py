@@ -36,7 +36,8 @@ from pulse.source.contract import (
     split_glued,
 )
 
-__all__ = ["MAX_FRAME_BYTES", "InvalidFrame", "NotATrade", "decode_frame", "decode_rest_page", "to_trade"]
+__all__ = ["MAX_FRAME_BYTES", "BinanceReader", "InvalidFrame", "NotATrade", "decode_frame", "decode_rest_page",
+           "to_trade"]
 
 _INT64_MAX = 2**63 - 1
 Id = Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)]
@@ -182,6 +183,17 @@ def decode_rest_page(body: bytes, symbol: str) -> list[BinanceAggTrade]:
         raise InvalidFrame(f"REST aggTrades reply: {_reason(error)}") from None
     return sorted((BinanceAggTrade(e="aggTrade", E=item.T, s=symbol, a=item.a, p=item.p, q=item.q, f=item.f,
                                    l=item.l, T=item.T, m=item.m) for item in page), key=lambda trade: trade.a)
+
+
+class BinanceReader:
+    """Binance's aggTrade frames (every Binance market, and Binance.US, which speaks the same)."""
+
+    def __init__(self, venue: str = "binance-usdm", default_symbol: str | None = None) -> None:
+        self.venue = venue
+        self._default_symbol = default_symbol
+
+    def trades(self, raw: str | bytes, received_ms: int) -> list[Trade]:
+        return [to_trade(decode_frame(raw, self._default_symbol), received_ms, self.venue)]
 
 
 def to_trade(wire: BinanceAggTrade, ingest_time_ms: int, venue: str = "binance-usdm") -> Trade:

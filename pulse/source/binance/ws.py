@@ -91,6 +91,10 @@ REFUSAL_HINTS = {
 
 
 class BinanceStream:
+    # What refusals are called: venues that reuse this connection life (pulse.source.venue_live) set their own.
+    venue_title = "Binance"
+    refusal_hints: dict[int, str] = REFUSAL_HINTS
+
     def __init__(self, settings: ProducerSettings, ws_base_url: str, symbols: Sequence[str],
                  on_frame: FrameHandler) -> None:
         self.url = combined_stream_url(ws_base_url, symbols)
@@ -149,7 +153,8 @@ class BinanceStream:
         key = str(status)
         first = key not in self.stats.refusals
         self.stats.refusals[key] = self.stats.refusals.get(key, 0) + 1
-        self.stats.last_refusal = REFUSAL_HINTS.get(status, f"Binance refused the connection (HTTP {status})")
+        self.stats.last_refusal = self.refusal_hints.get(
+            status, f"{self.venue_title} refused the connection (HTTP {status})")
         # One line per kind of refusal, not one per retry: the retries are counted in /metrics.
         if first:
             log.error(self.stats.last_refusal, extra={"event": "ws_refused", "status": status, "url": self.url})

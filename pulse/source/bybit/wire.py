@@ -89,3 +89,14 @@ class BybitReader:
                      quantity=positive_double("v", wire.v), first_trade_id=ident, last_trade_id=ident,
                      trade_time_ms=wire.T, event_time_ms=event_ms, buyer_is_maker=wire.S == "Sell",
                      ingest_time_ms=received_ms, venue=self.venue, base=base, quote=quote)
+
+
+def subscriptions(symbols: list[str]) -> list[str]:
+    """`{"op": "subscribe", "args": ["publicTrade.BTCUSDT", ...]}`, ten topics a request (spot's limit)."""
+    topics = [f"publicTrade.{s}" for s in symbols]
+    return [msgspec.json.encode({"op": "subscribe", "args": topics[i:i + 10]}).decode()
+            for i in range(0, len(topics), 10)]
+
+
+# Bybit drops a connection without a ping for long; it recommends one every 20 s.
+KEEPALIVE = (20.0, '{"op":"ping"}')

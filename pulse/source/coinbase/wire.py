@@ -141,3 +141,13 @@ class CoinbaseReader:
                      quantity=positive_double("size", size), first_trade_id=ident, last_trade_id=ident,
                      trade_time_ms=trade_ms, event_time_ms=trade_ms, buyer_is_maker=not taker_buys,
                      ingest_time_ms=received_ms, venue=self.venue, base=base, quote=quote)
+
+
+def subscriptions(symbols: list[str]) -> list[str]:
+    """`market_trades` for the products, and `heartbeats`, which keeps subscriptions open when trades
+    are sparse (Coinbase closes a connection idle for over 60-90 s)."""
+    return [msgspec.json.encode({"type": "subscribe", "product_ids": symbols, "channel": "market_trades"}).decode(),
+            msgspec.json.encode({"type": "subscribe", "channel": "heartbeats"}).decode()]
+
+
+KEEPALIVE = None  # the heartbeats channel is the keep-alive

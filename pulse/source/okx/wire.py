@@ -142,6 +142,8 @@ class OkxReader:
         return guarded(lambda frame: self._trades(frame, received_ms), raw)
 
     def _trades(self, raw: str | bytes, received_ms: int) -> list[Trade]:
+        if raw in ("pong", b"pong"):
+            raise NotATrade("pong")
         push = push_or_reply(_push, _event, raw, "OKX")
         if push.arg.channel != "trades":
             raise NotATrade(push.arg.channel)
@@ -172,3 +174,14 @@ class OkxReader:
                      buyer_is_maker=wire.side == "sell", ingest_time_ms=received_ms, venue=self.venue,
                      base=instrument.base, quote=instrument.quote,
                      venue_quantity=size if instrument.contract_value is not None else None)
+
+
+def subscriptions(symbols: list[str]) -> list[str]:
+    """`{"op": "subscribe", "args": [{"channel": "trades", "instId": "BTC-USDT"}, ...]}`, one request."""
+    return [msgspec.json.encode({"op": "subscribe",
+                                 "args": [{"channel": "trades", "instId": s} for s in symbols]}).decode()]
+
+
+# OKX closes a connection that pushed nothing for 30 s: the client sends the text "ping" and gets
+# "pong" back (a reply the reader skips).
+KEEPALIVE = (25.0, "ping")

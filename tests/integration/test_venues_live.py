@@ -1,0 +1,182 @@
+"""Live sources of the venues that subscribe by message (OKX, Coinbase, Bybit), against local doubles
+speaking each protocol (tests/support/venue_double.py), through the producer the runtime runs.
+
+- Every trade of the tape reaches Kafka once, with its venue, the venue's symbol, the asset and quote,
+  and the taker side under the venue's rule (OKX and Bybit name the taker, Coinbase the maker).
+- The subscription is the venue's documented message; keep-alive pings are sent and answered.
+- Coinbase repeats recent trades on subscribe (a snapshot): each counts once. Its trade ids run
+  without gaps per product, so ids it skipped become a gap event.
+- A refused handshake is the venue's own one-line refusal, and the run ends on it (`fatal`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from pulse.settings import PulseSettings
+from pulse.source.binance.live import StreamRefused
+from pulse.source.venue_live import VenueSource, live_source
+from tests.integration.test_live import PULSE, as_rows, stored_windows
+from tests.support.producer_harness import consume_all, fresh_topics, running_producer, scraped, wait_until
+from tests.support.recordings import SPOT_RAW, recording
+from tests.support.reference import reference_windows
+from tests.support.terminal import Terminal
+from tests.support.venue_double import TapeTrade, VenueDouble, venue_double_in_thread
+from tests.support.venue_reference import (
+    COINBASE,
+    OKX,
+    OKX_INSTRUMENTS,
+    bybit_tape,
+    coinbase_tape,
+    okx_instruments_replies,
+    okx_tape,
+    okx_trades,
+    tape_trades,
+    venue_recording,
+)
+
+pytestmark = pytest.mark.integration
+
+
+async def _settings(base: PulseSettings, bootstrap: str, venue: str, double: VenueDouble, symbols: list[str]
+                    ) -> PulseSettings:
+    kafka = await asyncio.to_thread(fresh_topics, bootstrap)
+    return base.override(kafka=kafka.model_dump(), producer={
+        "venue": venue, "symbols": symbols, "ws_base_url": double.url, "keepalive_s": 0.2,
+        "reconnect_initial_s": 0.05, "reconnect_max_s": 0.5, "stall_timeout_s": 30.0, "metrics_port": 0})
+
+
+async def _stream(base: PulseSettings, bootstrap: str, venue: str, tape: list[TapeTrade],
+                  withhold: frozenset[tuple[str, str]] = frozenset(),
+                  instruments: dict[str, str] | None = None) -> dict[str, Any]:
+    symbols = sorted({t.symbol for t in tape})
+    async with VenueDouble(venue, tape, frames_per_s=400, instruments=instruments) as double:  # type: ignore[arg-type]
+        double.withheld = set(withhold)
+        settings = (await _settings(base, bootstrap, venue, double, symbols)).override(
+            producer={"rest_base_url": double.rest_url})
+        async with running_producer(settings, bootstrap) as service:
+            await wait_until(double.finished.is_set, 60, "the double to play its tape")
+            want = len(tape) - len(withhold)
+            await wait_until(lambda: service.router.trades >= want, 30, f"{want} trades")
+            if venue != "coinbase":
+                await wait_until(lambda: double.pings > 0, 10, "a keep-alive ping")
+            metrics = await scraped(service)
+        trades = await consume_all(bootstrap, settings.kafka.trades_topic)
+        gaps = await consume_all(bootstrap, settings.kafka.gaps_topic)
+    return {"double": double, "trades": [t.value for t in trades], "gaps": [g.value for g in gaps],
+            "metrics": metrics}
+
+
+def _expected(tape: list[TapeTrade], withhold: frozenset[tuple[str, str]] = frozenset()
+              ) -> Counter[tuple[Any, ...]]:
+    return Counter((t.symbol, t.time_ms, float(t.price), float(t.size), "BUY" if t.taker_buys else "SELL")
+                   for t in tape if (t.symbol, t.trade_id) not in withhold)
+
+
+def _got(trades: list[dict[str, Any]]) -> Counter[tuple[Any, ...]]:
+    return Counter((t["symbol"], t["timestamp"], t["price"], t["quantity"], t["side"]) for t in trades)
+
+
+def test_okx_streams_spot_swaps_and_futures_with_contracts_converted_from_its_instruments(kafka, base_settings):
+    """OKX's real trades of a spot pair, an inverse swap and a delivery future: contract sizes become
+    base units with the contract values the source reads from the (double's) instruments endpoint."""
+    tape = okx_tape(venue_recording(OKX))
+    replies = okx_instruments_replies(venue_recording(OKX_INSTRUMENTS))
+    result = asyncio.run(_stream(base_settings, kafka.bootstrap, "okx", tape, instruments=replies))
+    trades, double = result["trades"], result["double"]
+    reference = {(t.symbol, t.agg_id): t for t in okx_trades(venue_recording(OKX), venue_recording(OKX_INSTRUMENTS))}
+    got = {(t["symbol"], t["agg_trade_id"]): t for t in trades}
+    assert len(got) == len(trades) and set(got) == set(reference)
+    for key, trade in got.items():
+        want = reference[key]
+        assert math.isclose(trade["quantity"], float(want.qty), rel_tol=1e-12), key
+        assert trade["side"] == ("SELL" if want.buyer_maker else "BUY") and trade["venue"] == "okx"
+        assert (trade["venue_quantity"] is None) == (key[0] == "BTC-USDT"), key
+    assert {(t["base_asset"], t["quote_asset"]) for t in trades} == {("BTC", "USDT"), ("BTC", "USD"), ("UNI", "USD")}
+    assert double.subscribe_messages[0] == {"op": "subscribe", "args": [
+        {"channel": "trades", "instId": s} for s in sorted({t.symbol for t in tape})]}
+    assert double.rest_calls == 2 and double.pings > 0
+
+
+def test_bybit_streams_every_trade_once_with_the_takers_side(kafka, base_settings):
+    venue = "bybit-spot"
+    tape = bybit_tape(recording(SPOT_RAW), {"BTCUSDT", "ETHUSDT"})
+    result = asyncio.run(_stream(base_settings, kafka.bootstrap, venue, tape))
+    trades, double = result["trades"], result["double"]
+    assert _got(trades) == _expected(tape)
+    assert {(t["venue"], t["quote_asset"]) for t in trades} == {(venue, "USDT")}
+    assert {t["base_asset"] for t in trades} == {"BTC", "ETH"}
+    first = double.subscribe_messages[0]
+    assert first["op"] == "subscribe" and set(first["args"]) == {"publicTrade.BTCUSDT", "publicTrade.ETHUSDT"}
+    # Acknowledgements and pongs are skipped as frames of no trade, never dead-lettered.
+    assert double.pings > 0 and result["metrics"]["frames_skipped"] >= 1
+
+
+def test_coinbase_counts_snapshot_trades_once_and_reports_skipped_ids_as_a_gap(kafka, base_settings):
+    tape = coinbase_tape(venue_recording(COINBASE))
+    counts = Counter(t.symbol for t in tape)
+    product = max(counts, key=lambda s: counts[s])
+    ids = sorted(int(t.trade_id) for t in tape if t.symbol == product)
+    assert ids == list(range(ids[0], ids[-1] + 1)), "the recording's ids of a product run without gaps"
+    skipped = frozenset({(product, str(ids[len(ids) // 2]))})
+    result = asyncio.run(_stream(base_settings, kafka.bootstrap, "coinbase", tape, skipped))
+    trades, double = result["trades"], result["double"]
+    assert _got(trades) == _expected(tape, skipped)
+    assert {t["venue"] for t in trades} == {"coinbase"}
+    assert [m["channel"] for m in double.subscribe_messages] == ["market_trades", "heartbeats"]
+    (gap,) = result["gaps"]
+    missing = int(next(iter(skipped))[1])
+    assert (gap["symbol"], gap["first_missing_id"], gap["last_missing_id"]) == (product, missing, missing)
+
+
+def test_a_refused_handshake_is_the_venues_own_line_and_ends_a_run(base_settings):
+    async def scenario() -> str:
+        async with VenueDouble("coinbase", []) as double:
+            double.refuse_ws_with = 403
+            settings = base_settings.override(producer={"venue": "coinbase", "symbols": ["BTC-USD"],
+                                                        "ws_base_url": double.url, "reconnect_initial_s": 0.05})
+            source = live_source(settings.producer)
+            assert isinstance(source, VenueSource)
+            stop = asyncio.Event()
+            task = asyncio.create_task(source.stream.run(stop))
+            await wait_until(lambda: source.fatal() is not None, 10, "the refusal")
+            stop.set()
+            await task
+            error = source.fatal()
+            assert isinstance(error, StreamRefused)
+            return str(error)
+
+    assert asyncio.run(scenario()) == "Coinbase refused the connection (HTTP 403)"
+
+
+def test_pulse_live_on_okx_in_a_terminal_stores_every_window_of_the_tape(tmp_path):
+    """`pulse live --venue okx` as a user runs it, in a pty, against the OKX double: the dashboard counts
+    the tape's windows, Ctrl-C ends it with exit 0, and `pulse sql` finds exactly the reference's."""
+    tape = okx_tape(venue_recording(OKX), spot_only=True)
+    expected = reference_windows(tape_trades(tape))
+    data_dir, cwd = tmp_path / "data", tmp_path / "cwd"
+    cwd.mkdir()
+    with venue_double_in_thread("okx", tape, frames_per_s=50) as double:
+        env = {**os.environ, "PULSE_PRODUCER__WS_BASE_URL": double.url, "PULSE_PRODUCER__RECONNECT_INITIAL_S": "0.05",
+               "PULSE_PRODUCER__STALL_TIMEOUT_S": "600"}
+        terminal = Terminal([PULSE, "live", "--venue", "okx", "--symbols", "BTC-USDT", "--data-dir", str(data_dir)],
+                            cwd, env)
+        try:
+            terminal.wait_for(lambda t: "streaming 1 symbol from OKX" in t.plain_output(), 240, "streaming to start")
+            terminal.wait_for(lambda t: f"· {len(expected)} windows" in t.text(), 240,
+                              f"the dashboard to count {len(expected)} windows")
+            screen = terminal.text()
+            terminal.ctrl_c()
+            code = terminal.wait(timeout_s=180)
+        finally:
+            terminal.close()
+    output = terminal.plain_output()
+    assert code == 0, output[-3000:]
+    assert "Pulse live · OKX" in screen and "Traceback" not in output
+    assert stored_windows(data_dir, cwd) == as_rows(expected)

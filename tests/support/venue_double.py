@@ -1,0 +1,227 @@
+"""Local doubles of OKX v5, Coinbase Advanced Trade and Bybit v5 public websockets, each speaking its
+protocol as documented: subscribe by message and get the venue's acknowledgement, pings answered
+(OKX's text "ping" -> "pong", Bybit's `{"op":"ping"}`), Coinbase's heartbeats channel, a snapshot
+of recent trades on subscribe (Coinbase), handshakes refused with an HTTP status on request.
+
+The trades are a tape of (symbol, trade) in time order, played at `frames_per_s` to the connections
+subscribed to their symbol, each as the venue frames it. Imports nothing from `pulse`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Any, Literal
+
+from aiohttp import web
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+VenueKind = Literal["okx", "coinbase", "bybit-linear", "bybit-spot"]
+
+
+@dataclass(frozen=True)
+class TapeTrade:
+    symbol: str
+    trade_id: str
+    price: str
+    size: str
+    taker_buys: bool
+    time_ms: int
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}456Z"
+
+
+class VenueDouble:
+    def __init__(self, venue: VenueKind, tape: list[TapeTrade], frames_per_s: float = 500.0,
+                 snapshot: int = 3, instruments: dict[str, str] | None = None) -> None:
+        self.venue = venue
+        # OKX's REST instruments replies by instType, served at /api/v5/public/instruments.
+        self.instruments = instruments or {}
+        self.rest_calls = 0
+        self._rest: web.AppRunner | None = None
+        self.rest_port = 0
+        self.tape = tape
+        self.frames_per_s = frames_per_s
+        self.snapshot = snapshot  # Coinbase: recent trades sent on subscribe (played again later)
+        self.refuse_ws_with: int | None = None
+        self.withheld: set[tuple[str, str]] = set()
+        self.subscribed: dict[ServerConnection, set[str]] = {}
+        self.subscribe_messages: list[dict[str, Any]] = []
+        self.pings = 0
+        self.heartbeats = 0
+        self.connections = 0
+        self.cursor = 0
+        self.first_subscription = asyncio.Event()
+        self.finished = asyncio.Event()
+        self._server: Server | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    async def _instruments(self, request: web.Request) -> web.Response:
+        self.rest_calls += 1
+        body = self.instruments.get(request.query.get("instType", ""))
+        if body is None:
+            return web.json_response({"code": "51000", "msg": "Parameter instType error", "data": []}, status=400)
+        return web.Response(text=body, content_type="application/json")
+
+    async def __aenter__(self) -> VenueDouble:
+        self._server = await serve(self._serve, "127.0.0.1", 0, process_request=self._handshake, max_queue=None)
+        self.port = next(iter(self._server.sockets)).getsockname()[1]
+        app = web.Application()
+        app.router.add_get("/api/v5/public/instruments", self._instruments)
+        self._rest = web.AppRunner(app, access_log=None)
+        await self._rest.setup()
+        await web.TCPSite(self._rest, "127.0.0.1", 0).start()
+        self.rest_port = self._rest.addresses[0][1]
+        self._ticker = asyncio.create_task(self._play())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        if self._rest is not None:
+            await self._rest.cleanup()
+
+    def _handshake(self, connection: ServerConnection, request: Request) -> Response | None:
+        if self.refuse_ws_with is not None:
+            return connection.respond(HTTPStatus(self.refuse_ws_with), "double: refused\n")
+        return None
+
+    # -- what each venue sends --------------------------------------------------------------------
+
+    def _frame(self, trades: list[TapeTrade], snapshot: bool = False) -> str:
+        if self.venue == "okx":
+            symbol = trades[0].symbol
+            return json.dumps({"arg": {"channel": "trades", "instId": symbol}, "data": [
+                {"instId": t.symbol, "tradeId": t.trade_id, "px": t.price, "sz": t.size,
+                 "side": "buy" if t.taker_buys else "sell", "ts": str(t.time_ms), "count": "1"} for t in trades]})
+        if self.venue == "coinbase":
+            # `side` is the maker's: a taker buy hits a resting sell.
+            return json.dumps({"channel": "market_trades", "client_id": "", "timestamp": _iso(trades[-1].time_ms),
+                               "sequence_num": self.cursor, "events": [{"type": "snapshot" if snapshot else "update",
+                                                                        "trades": [
+                {"trade_id": t.trade_id, "product_id": t.symbol, "price": t.price, "size": t.size,
+                 "side": "SELL" if t.taker_buys else "BUY", "time": _iso(t.time_ms)} for t in trades]}]})
+        symbol = trades[0].symbol
+        return json.dumps({"topic": f"publicTrade.{symbol}", "type": "snapshot", "ts": trades[-1].time_ms + 3,
+                           "data": [{"T": t.time_ms, "s": t.symbol, "S": "Buy" if t.taker_buys else "Sell",
+                                     "v": t.size, "p": t.price, "L": "PlusTick", "i": t.trade_id, "BT": False}
+                                    for t in trades]})
+
+    async def _on_message(self, connection: ServerConnection, text: str) -> None:
+        if self.venue == "okx" and text == "ping":
+            self.pings += 1
+            await connection.send("pong")
+            return
+        message = json.loads(text)
+        if self.venue.startswith("bybit") and message.get("op") == "ping":
+            self.pings += 1
+            await connection.send(json.dumps({"success": True, "ret_msg": "pong", "conn_id": "double",
+                                              "op": "ping"}))
+            return
+        self.subscribe_messages.append(message)
+        symbols = self.subscribed.setdefault(connection, set())
+        if self.venue == "okx":
+            for arg in message["args"]:
+                symbols.add(arg["instId"])
+                await connection.send(json.dumps({"event": "subscribe", "arg": arg, "connId": "double"}))
+        elif self.venue == "coinbase":
+            channel = message["channel"]
+            if channel == "market_trades":
+                symbols.update(message["product_ids"])
+                recent = [t for t in self.tape[: self.cursor] if t.symbol in symbols][-self.snapshot:]
+                if recent:
+                    await connection.send(self._frame(recent, snapshot=True))
+            await connection.send(json.dumps({"channel": "subscriptions", "client_id": "", "timestamp": _iso(0),
+                                              "sequence_num": 0, "events": [{"subscriptions": {
+                                                  channel: message.get("product_ids", [])}}]}))
+        else:
+            symbols.update(topic.removeprefix("publicTrade.") for topic in message["args"])
+            await connection.send(json.dumps({"success": True, "ret_msg": "", "conn_id": "double", "req_id": "",
+                                              "op": "subscribe"}))
+        self.first_subscription.set()
+
+    async def _serve(self, connection: ServerConnection) -> None:
+        self.connections += 1
+        try:
+            async for text in connection:
+                await self._on_message(connection, str(text))
+        except ConnectionClosed:
+            pass
+        finally:
+            self.subscribed.pop(connection, None)
+
+    async def _play(self) -> None:
+        await self.first_subscription.wait()
+        tick_s = 0.01
+        per_tick = max(1, round(self.frames_per_s * tick_s))
+        beat = 0
+        while self.cursor < len(self.tape):
+            batch = self.tape[self.cursor: self.cursor + per_tick]
+            self.cursor += len(batch)
+            by_symbol: dict[str, list[TapeTrade]] = defaultdict(list)
+            for trade in batch:
+                if (trade.symbol, trade.trade_id) not in self.withheld:
+                    by_symbol[trade.symbol].append(trade)
+            for connection, symbols in list(self.subscribed.items()):
+                for symbol, trades in by_symbol.items():
+                    if symbol in symbols:
+                        with contextlib.suppress(ConnectionClosed):
+                            await connection.send(self._frame(trades))
+            beat += 1
+            if self.venue == "coinbase" and beat % 50 == 0:
+                await self._heartbeat()
+            await asyncio.sleep(tick_s)
+        self.finished.set()
+        while self.venue == "coinbase":
+            await self._heartbeat()
+            await asyncio.sleep(0.5)
+
+    async def _heartbeat(self) -> None:
+        self.heartbeats += 1
+        for connection in list(self.subscribed):
+            with contextlib.suppress(ConnectionClosed):
+                beat = {"current_time": _iso(0), "heartbeat_counter": self.heartbeats}
+                await connection.send(json.dumps({"channel": "heartbeats", "client_id": "", "timestamp": _iso(0),
+                                                  "sequence_num": self.heartbeats, "events": [beat]}))
+
+
+@contextlib.contextmanager
+def venue_double_in_thread(venue: VenueKind, tape: list[TapeTrade], **options: Any) -> Iterator[VenueDouble]:
+    """The double on an event loop of its own thread, for a `pulse` run in another process."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name=f"{venue}-double", daemon=True)
+    thread.start()
+    double = VenueDouble(venue, tape, **options)
+    try:
+        asyncio.run_coroutine_threadsafe(double.__aenter__(), loop).result(timeout=30)
+        yield double
+    finally:
+        asyncio.run_coroutine_threadsafe(double.__aexit__(None, None, None), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=30)
+        loop.close()
