@@ -9,6 +9,7 @@ the frames it wrote, with exact decimals and each venue's rules applied here, no
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import random
@@ -22,6 +23,9 @@ from typing import Any
 import pytest
 
 from tests.support.pipeline import process_topic, publish_recording
+from tests.support.producer_harness import running_producer, wait_until
+from tests.support.venue_double import TapeTrade, VenueDouble
+from tests.support.venue_reference import OKX, okx_tape, venue_recording
 
 pytestmark = pytest.mark.integration
 
@@ -126,22 +130,13 @@ def _close(actual: float, expected: Decimal) -> bool:
     return math.isclose(actual, float(expected), rel_tol=1e-9, abs_tol=1e-9)
 
 
-def test_asset_metrics_across_three_venues_match_an_independent_computation(tmp_path, kafka, spark, database,
-                                                                              settings):
-    paths, instruments, fills = _write(tmp_path)
-    published = (publish_recording(settings, paths["binance-us"], venue="binance-us")
-                 + publish_recording(settings, paths["okx"], venue="okx", instruments=instruments)
-                 + publish_recording(settings, paths["coinbase"], venue="coinbase"))
-    assert published == len(fills)
-    process_topic(settings)
-
+def _assert_view_matches(database: Any, fills: list[Fill]) -> None:
     rows = database.query_arrow(
         "SELECT asset, quote_family, toUnixTimestamp64Milli(window_start) AS ws, total_volume, net_delta, cvd, vwap,"
         " venues, venue_share, spread_bps, first_venue, trade_count FROM pulse_asset_metrics").to_pylist()
     expected = _expected(fills)
     assert {(r["asset"], r["quote_family"], r["ws"]) for r in rows} == set(expected)
-    assert {key[:2] for key in expected} == {("BTC", "USD"), ("ETH", "EUR")}
-    assert any(w["venues"] == 3 for w in expected.values()), "a second where all three venues traded BTC"
+    assert any(w["venues"] >= 2 for w in expected.values()), "a second where several venues traded BTC"
     for row in rows:
         want = expected[(row["asset"], row["quote_family"], row["ws"])]
         where = f"{row['asset']}/{row['quote_family']} @ {row['ws']}"
@@ -153,3 +148,46 @@ def test_asset_metrics_across_three_venues_match_an_independent_computation(tmp_
         want_shares = want["venue_share"]
         assert isinstance(want_shares, dict) and set(shares) == set(want_shares), where
         assert all(_close(shares[v], want_shares[v]) for v in shares), where
+
+
+def test_asset_metrics_across_three_venues_match_an_independent_computation(tmp_path, kafka, spark, database,
+                                                                              settings):
+    paths, instruments, fills = _write(tmp_path)
+    published = (publish_recording(settings, paths["binance-us"], venue="binance-us")
+                 + publish_recording(settings, paths["okx"], venue="okx", instruments=instruments)
+                 + publish_recording(settings, paths["coinbase"], venue="coinbase"))
+    assert published == len(fills)
+    process_topic(settings)
+
+    _assert_view_matches(database, fills)
+    expected = _expected(fills)
+    assert {key[:2] for key in expected} == {("BTC", "USD"), ("ETH", "EUR")}
+    assert any(w["venues"] == 3 for w in expected.values()), "a second where all three venues traded BTC"
+
+
+def test_asset_metrics_from_two_live_venues_match_an_independent_computation(kafka, spark, database, settings):
+    """The live path: OKX's and Coinbase's doubles stream BTC in the same seconds, each to its own
+    `pulse produce`-style producer (the runtime's ProducerService on live_source), into one topic."""
+    okx = okx_tape(venue_recording(OKX), spot_only=True)
+    # Coinbase's side of the same seconds: other prices and sizes, every third trade.
+    coinbase = [TapeTrade("BTC-USD", str(5000 + n), str(Decimal(t.price) + Decimal(n % 7) - 3),
+                          str(Decimal(t.size) * 2), n % 2 == 0, t.time_ms) for n, t in enumerate(okx) if n % 3 == 0]
+
+    async def stream() -> None:
+        async with VenueDouble("okx", okx, frames_per_s=200) as okx_double, \
+                VenueDouble("coinbase", coinbase, frames_per_s=200, snapshot=0) as coinbase_double:
+            producers = []
+            for venue, double, tape in (("okx", okx_double, okx), ("coinbase", coinbase_double, coinbase)):
+                producers.append(running_producer(settings.override(producer={
+                    "venue": venue, "symbols": sorted({t.symbol for t in tape}), "ws_base_url": double.url,
+                    "metrics_port": 0, "reconnect_initial_s": 0.05}), kafka.bootstrap))
+            async with producers[0] as first, producers[1] as second:
+                await wait_until(lambda: first.router.trades + second.router.trades >= len(okx) + len(coinbase), 60,
+                                 "both venues' trades")
+
+    asyncio.run(stream())
+    process_topic(settings)
+    fills = [Fill("okx", "BTC", "USDT", Decimal(t.price), Decimal(t.size), t.time_ms, t.taker_buys) for t in okx]
+    fills += [Fill("coinbase", "BTC", "USD", Decimal(t.price), Decimal(t.size), t.time_ms, t.taker_buys)
+              for t in coinbase]
+    _assert_view_matches(database, fills)

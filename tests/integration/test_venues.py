@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.test_cli import PULSE, run, sql_rows
-from tests.support.pipeline import metrics_rows, process_topic, publish_recording
 from tests.support.reference import assert_windows_match, reference_windows
 from tests.support.venue_reference import (
     BINANCE_US,
@@ -44,12 +43,15 @@ def test_pulse_demo_of_okx_swaps_futures_and_spot_matches_the_reference(tmp_path
     (COINBASE, "coinbase", coinbase_trades),
     (BINANCE_US, "binance-us", binance_us_trades),
 ])
-def test_venue_recordings_window_by_window(name, venue, read, kafka, spark, database, settings):
-    path = venue_recording(name)
-    published = publish_recording(settings, path, venue=venue)
+def test_pulse_demo_of_each_venue_matches_the_reference(tmp_path, name, venue, read):
+    """`pulse demo --input F --venue V` on Coinbase's Exchange-feed matches (the maker's side, snapshot
+    `last_match` trades counted once) and Binance.US's aggTrades."""
+    data_dir, path = tmp_path / venue, venue_recording(name)
+    result = run(PULSE, "demo", "--input", str(path), "--venue", venue, "--speed", "max", "--data-dir",
+                 str(data_dir), "--no-live-view")
     trades = read(path)
-    assert published == len(trades)
-    process_topic(settings)
-    rows = metrics_rows(database)
+    assert f"trades in:        {len(trades)} (published {len(trades)}, dead-lettered 0" in result.stdout
+    rows = sql_rows(data_dir, "SELECT *, toUnixTimestamp64Milli(window_start) AS window_start_ms"
+                              " FROM pulse_metrics FINAL")
     assert {r["venue"] for r in rows} == {venue}
     assert_windows_match(rows, reference_windows(trades))

@@ -155,20 +155,32 @@ def test_a_refused_handshake_is_the_venues_own_line_and_ends_a_run(base_settings
     assert asyncio.run(scenario()) == "Coinbase refused the connection (HTTP 403)"
 
 
-def test_pulse_live_on_okx_in_a_terminal_stores_every_window_of_the_tape(tmp_path):
-    """`pulse live --venue okx` as a user runs it, in a pty, against the OKX double: the dashboard counts
-    the tape's windows, Ctrl-C ends it with exit 0, and `pulse sql` finds exactly the reference's."""
-    tape = okx_tape(venue_recording(OKX), spot_only=True)
+def _terminal_tape(venue: str) -> tuple[list[TapeTrade], str]:
+    if venue == "okx":
+        return okx_tape(venue_recording(OKX), spot_only=True), "OKX"
+    if venue == "coinbase":
+        return coinbase_tape(venue_recording(COINBASE)), "Coinbase"
+    # Linear contracts' UUID ids, on real Binance trades of one symbol.
+    return bybit_tape(recording(SPOT_RAW), {"DOTUSDT"}, uuids=True), "Bybit linear contracts"
+
+
+@pytest.mark.parametrize("venue", ["okx", "coinbase", "bybit-linear"])
+def test_pulse_live_on_each_venue_in_a_terminal_stores_every_window_of_the_tape(tmp_path, venue):
+    """`pulse live --venue V` as a user runs it, in a pty, against the venue's double: the dashboard
+    counts the tape's windows, Ctrl-C ends it with exit 0, and `pulse sql` finds exactly the reference's."""
+    tape, title = _terminal_tape(venue)
+    symbols = sorted({t.symbol for t in tape})
     expected = reference_windows(tape_trades(tape))
     data_dir, cwd = tmp_path / "data", tmp_path / "cwd"
     cwd.mkdir()
-    with venue_double_in_thread("okx", tape, frames_per_s=50) as double:
+    with venue_double_in_thread(venue, tape, frames_per_s=100) as double:
         env = {**os.environ, "PULSE_PRODUCER__WS_BASE_URL": double.url, "PULSE_PRODUCER__RECONNECT_INITIAL_S": "0.05",
                "PULSE_PRODUCER__STALL_TIMEOUT_S": "600"}
-        terminal = Terminal([PULSE, "live", "--venue", "okx", "--symbols", "BTC-USDT", "--data-dir", str(data_dir)],
-                            cwd, env)
+        terminal = Terminal([PULSE, "live", "--venue", venue, "--symbols", ",".join(symbols), "--data-dir",
+                             str(data_dir)], cwd, env)
         try:
-            terminal.wait_for(lambda t: "streaming 1 symbol from OKX" in t.plain_output(), 240, "streaming to start")
+            terminal.wait_for(lambda t: f"from {title} over 1 connection" in t.plain_output(), 240,
+                              "streaming to start")
             terminal.wait_for(lambda t: f"· {len(expected)} windows" in t.text(), 240,
                               f"the dashboard to count {len(expected)} windows")
             screen = terminal.text()
@@ -178,5 +190,5 @@ def test_pulse_live_on_okx_in_a_terminal_stores_every_window_of_the_tape(tmp_pat
             terminal.close()
     output = terminal.plain_output()
     assert code == 0, output[-3000:]
-    assert "Pulse live · OKX" in screen and "Traceback" not in output
+    assert f"Pulse live · {title}" in screen and "Traceback" not in output
     assert stored_windows(data_dir, cwd) == as_rows(expected)
