@@ -174,3 +174,25 @@ def test_injected_malformed_frames_go_to_the_dead_letter_topic(kafka, kafka_topi
     assert all(d.value["reason"] for d in result["dlq"])
     invalid = {k: v for k, v in result["metrics"].items() if k.startswith("frames_invalid{")}
     assert sum(invalid.values()) == len(bad), invalid
+
+
+def test_multi_megabyte_frames_lose_nothing_else(kafka, kafka_topics, base_settings):
+    """A 2 MiB frame (over the decoder's 1 MiB, under the websocket's 4 MiB max_size) is dead-lettered
+    with its head; a 5 MiB frame, over max_size, ends that connection (close code 1009): the source
+    reconnects and REST fills what passed meanwhile, so every trade still lands once, in order."""
+    large = json.dumps({"stream": "btcusdt@aggTrade", "data": {"pad": "x" * (2 << 20)}})
+    huge = json.dumps({"stream": "btcusdt@aggTrade", "data": {"pad": "y" * (5 << 20)}})
+
+    async def inject(double: BinanceDouble, service: Any) -> None:
+        await wait_until(lambda: double.cursor > 200, 30, "the tape to advance")
+        double.inject([large])
+        await wait_until(lambda: double.cursor > 400, 30, "the tape to advance")
+        double.inject([huge])
+
+    result = asyncio.run(_run_scenario(base_settings, kafka_topics, kafka.bootstrap, frames_per_s=2000,
+                                       act=inject, expect_published=len(recorded_tape()) + 1))
+    _assert_every_trade_once_in_order(result)
+    (letter,) = result["dlq"]
+    assert letter.value["raw"] == large[:4096]
+    assert letter.value["reason"] == f"frame of {len(large):,} bytes, over the 1,048,576-byte limit"
+    assert result["metrics"]["ws_reconnects"] >= 1
