@@ -101,8 +101,6 @@ _QUOTES = ("FDUSD", "USDT", "USDC", "BUSD", "TUSD", "USDP", "DAI", "USD", "EUR",
            "AUD", "BTC", "ETH", "BNB")
 # Binance's contract suffixes: quarterly `BTCUSDT_260327`, COIN-M perpetual `BTCUSD_PERP`.
 _CONTRACT_SUFFIX = re.compile(r"_(?:PERP|\d{6})$")
-# USD and the dollar stablecoins, as one family in the cross-venue view.
-USD_FAMILY = ("USD", "USDT", "USDC")
 
 
 def split_glued(symbol: str) -> tuple[str, str]:

@@ -90,12 +90,8 @@ def test_pulse_live_in_a_terminal_shows_the_dashboard_and_stops_cleanly_on_ctrl_
             jvms = jvm_children(terminal.process.pid)
             assert len(jvms) >= 2, f"expected the broker and Spark JVMs, found {jvms}"
             # Every window of the recording, counted by the dashboard itself from the store.
-            terminal.wait_for(lambda t: f"· {len(expected)} windows" in t.text(), 240,
-                              f"the dashboard to count {len(expected)} windows")
-            screen = terminal.text()
+            screen, code = terminal.windows_then_ctrl_c(len(expected))
             streaming_s = time.monotonic() - started
-            terminal.ctrl_c()
-            code = terminal.wait(timeout_s=180)
         finally:
             terminal.close()
     output = terminal.plain_output()

@@ -181,11 +181,7 @@ def test_pulse_live_on_each_venue_in_a_terminal_stores_every_window_of_the_tape(
         try:
             terminal.wait_for(lambda t: f"from {title} over 1 connection" in t.plain_output(), 240,
                               "streaming to start")
-            terminal.wait_for(lambda t: f"· {len(expected)} windows" in t.text(), 240,
-                              f"the dashboard to count {len(expected)} windows")
-            screen = terminal.text()
-            terminal.ctrl_c()
-            code = terminal.wait(timeout_s=180)
+            screen, code = terminal.windows_then_ctrl_c(len(expected))
         finally:
             terminal.close()
     output = terminal.plain_output()

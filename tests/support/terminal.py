@@ -100,6 +100,14 @@ class Terminal:
                                      f"output:\n{self.plain_output()[-4000:]}")
             time.sleep(0.1)
 
+    def windows_then_ctrl_c(self, windows: int, timeout_s: float = 240) -> tuple[str, int]:
+        """Wait until the dashboard counts `windows` windows, press Ctrl-C: the screen then, and the exit code."""
+        self.wait_for(lambda t: f"· {windows} windows" in t.text(), timeout_s,
+                      f"the dashboard to count {windows} windows")
+        screen = self.text()
+        self.ctrl_c()
+        return screen, self.wait(timeout_s=180)
+
     def ctrl_c(self) -> None:
         os.write(self._master, b"\x03")
 
