@@ -59,8 +59,8 @@ def _venue_arguments(parser: argparse.ArgumentParser, instruments: bool = True) 
                              " docs/venues.md)")
     if instruments:
         parser.add_argument("--instruments", type=Path, default=None,
-                            help="okx replays: a recorded GET /api/v5/public/instruments reply, for the contract"
-                                 " values of swaps and futures")
+                            help="okx and binance-coinm replays: a recorded GET /api/v5/public/instruments or"
+                                 " /dapi/v1/exchangeInfo reply, for the contract values of swaps and futures")
 
 
 def _venue_options(venue: str | None, market: str | None) -> dict[str, object]:

@@ -180,6 +180,9 @@ def window_aggregates(trades: DataFrame, window_seconds: int = 1) -> DataFrame:
     """Per venue, symbol and tumbling window on trade time: sums the metrics are derived from."""
     is_buy = F.col("side") == "BUY"
     quantity = F.col("quantity")
+    # Open and close are the first and last trade in time; the id breaks ties within a millisecond.
+    # Ids alone would do on venues whose ids count up, not on Bybit's linear UUIDs (docs/venues.md).
+    in_time = F.struct("trade_time_ms", "agg_trade_id")
     return trades.groupBy(
         # Asset and quote are the symbol's, so grouping by them splits nothing: it carries them along.
         F.col("venue"), F.col("symbol"), F.col("base_asset"), F.col("quote_asset"),
@@ -191,10 +194,10 @@ def window_aggregates(trades: DataFrame, window_seconds: int = 1) -> DataFrame:
         F.sum(F.when(is_buy, 0.0).otherwise(quantity)).alias("sell_volume"),
         F.count(F.lit(1)).alias("trade_count"),
         F.avg("price").alias("avg_price_1_sec"),
-        F.min_by("price", "agg_trade_id").alias("open"),
+        F.min_by("price", in_time).alias("open"),
         F.max("price").alias("high"),
         F.min("price").alias("low"),
-        F.max_by("price", "agg_trade_id").alias("close"),
+        F.max_by("price", in_time).alias("close"),
         F.min("agg_trade_id").alias("first_agg_trade_id"),
         F.max("agg_trade_id").alias("last_agg_trade_id"),
         F.avg(F.col("ingest_time_ms") - F.col("trade_time_ms")).alias("avg_ingest_latency_ms"),

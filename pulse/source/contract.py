@@ -101,6 +101,7 @@ _QUOTES = ("FDUSD", "USDT", "USDC", "BUSD", "TUSD", "USDP", "DAI", "USD", "EUR",
            "AUD", "BTC", "ETH", "BNB")
 # Binance's contract suffixes: quarterly `BTCUSDT_260327`, COIN-M perpetual `BTCUSD_PERP`.
 _CONTRACT_SUFFIX = re.compile(r"_(?:PERP|\d{6})$")
+_CONTRACT_QUOTES = ("USDT", "USDC", "USD")
 
 
 def split_glued(symbol: str) -> tuple[str, str]:
@@ -108,7 +109,8 @@ def split_glued(symbol: str) -> tuple[str, str]:
     pair = _CONTRACT_SUFFIX.sub("", symbol)
     if pair.endswith("PERP"):  # Bybit's USDC perpetuals: BTCPERP
         return pair.removesuffix("PERP"), "USDC"
-    for quote in _QUOTES:
+    # Binance's contracts settle in USDT, USDC or (COIN-M) USD: BATUSD_PERP is BAT / USD, not BA / TUSD.
+    for quote in _QUOTES if pair == symbol else _CONTRACT_QUOTES:
         if pair.endswith(quote) and len(pair) > len(quote):
             return pair[: -len(quote)], quote
     return pair, ""

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from pulse.errors import UsageError
 from pulse.settings import VenueName
+from pulse.source.binance.rest import RestError, contract_sizes
 from pulse.source.binance.wire import BinanceReader
 from pulse.source.bybit import wire as bybit
 from pulse.source.bybit.wire import BybitReader
@@ -66,9 +67,15 @@ VENUES: dict[VenueName, Venue] = {v.name: v for v in (
 
 
 def reader_for(venue: VenueName, default_symbol: str | None = None, instruments: Path | None = None) -> TradeReader:
-    """The reader of `venue`'s frames. `instruments`: a recorded instruments reply (OKX contracts)."""
-    if instruments is not None and venue != "okx":
-        raise UsageError(f"--instruments is read for okx only, not {venue}")
+    """The reader of `venue`'s frames. `instruments`: a recorded instruments reply (OKX contracts) or
+    exchangeInfo (Binance COIN-M), whose contract sizes turn contracts into base units."""
+    if instruments is not None and venue not in ("okx", "binance-coinm"):
+        raise UsageError(f"--instruments is read for okx and binance-coinm only, not {venue}")
+    if venue == "binance-coinm":
+        if instruments is None:
+            raise UsageError("binance-coinm counts contracts: give --instruments FILE, a saved reply of"
+                             " GET /dapi/v1/exchangeInfo, for their sizes")
+        return BinanceReader(venue, default_symbol, read_coinm_contract_sizes(instruments))
     if venue == "okx":
         return OkxReader(read_okx_instruments(instruments) if instruments is not None else None)
     if venue == "coinbase":
@@ -76,6 +83,19 @@ def reader_for(venue: VenueName, default_symbol: str | None = None, instruments:
     if venue.startswith("bybit-"):
         return BybitReader(venue)
     return BinanceReader(venue, default_symbol)
+
+
+def read_coinm_contract_sizes(path: Path) -> dict[str, float]:
+    """Binance COIN-M's contract sizes from a saved exchangeInfo reply (bare JSON, as curl saves it)."""
+    try:
+        sizes = contract_sizes(path.read_bytes())
+    except OSError as error:
+        raise UsageError(f"cannot read the exchangeInfo file {path}: {error.strerror}") from None
+    except RestError:
+        raise UsageError(f"{path} is not a Binance exchangeInfo reply") from None
+    if not sizes:
+        raise UsageError(f"{path} lists no COIN-M contract size (contractSize)")
+    return sizes
 
 
 def read_okx_instruments(path: Path) -> dict[str, Instrument]:

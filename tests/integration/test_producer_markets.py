@@ -10,6 +10,8 @@ exchangeInfo and spreads 500 of them over connections of at most 200 streams.
 from __future__ import annotations
 
 import asyncio
+import math
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -17,7 +19,13 @@ import pytest
 from pulse.settings import PulseSettings
 from pulse.source.binance.live import UnknownSymbols, market_symbols
 from pulse.source.binance.rest import BinanceRefused
-from tests.support.binance_double import BinanceDouble, agg_trades_from_recording, relabel
+from tests.support.binance_double import (
+    COINM_NAMES,
+    BinanceDouble,
+    agg_trades_from_recording,
+    coinm_contract_usd,
+    relabel,
+)
 from tests.support.producer_harness import (
     consume_all,
     expected_ids,
@@ -36,9 +44,6 @@ from tests.support.venue_reference import BINANCE_US, venue_recording
 
 pytestmark = pytest.mark.integration
 
-# COIN-M names for the USD-M recording's symbols: perpetuals and a delivery contract.
-COINM_NAMES = {"NEOUSDT": "NEOUSD_PERP", "SANDUSDT": "SANDUSD_PERP", "CTKUSDT": "CTKUSD_PERP",
-               "BATUSDT": "BATUSD_260327", "CHRUSDT": "CHRUSD_PERP"}
 
 
 async def _stream_market(base: PulseSettings, bootstrap: str, tape: list[dict[str, Any]], market: str,
@@ -55,7 +60,7 @@ async def _stream_market(base: PulseSettings, bootstrap: str, tape: list[dict[st
             metrics = await scraped(service)
         trades = await consume_all(bootstrap, kafka.trades_topic)
     return {"double": double, "metrics": metrics, "ids": ids_by_symbol(trades),
-            "venues": {t.value["venue"] for t in trades}}
+            "venues": {t.value["venue"] for t in trades}, "trades": [t.value for t in trades]}
 
 
 def _ids(tape: list[dict[str, Any]]) -> dict[str, list[int]]:
@@ -98,6 +103,14 @@ def test_coinm_streams_perpetuals_and_delivery_contracts_and_fills_gaps_from_dap
                 "NEOUSD_PERP": range(want["NEOUSD_PERP"][20], want["NEOUSD_PERP"][20] + 1)}
     result = asyncio.run(_stream_market(base_settings, kafka.bootstrap, tape, "coinm", withheld))
     assert result["ids"] == want
+    # COIN-M counts contracts of contractSize USD (exchangeInfo): base units are q x size / p, the
+    # venue's own count kept; websocket and REST-filled trades alike.
+    sent = {(p["s"], p["a"]): p for p in tape}
+    for trade in result["trades"]:
+        wire = sent[(trade["symbol"], trade["agg_trade_id"])]
+        base = Decimal(wire["q"]) * coinm_contract_usd(wire["s"]) / Decimal(wire["p"])
+        assert math.isclose(trade["quantity"], float(base), rel_tol=1e-12), trade
+        assert trade["venue_quantity"] == float(wire["q"]) and trade["quote_asset"] == "USD"
     assert result["metrics"]["gaps_filled"] == 2 and result["metrics"]["trades_filled"] == 5
     assert result["double"].rest_calls >= 2
 

@@ -1,21 +1,34 @@
 """Other venues' real recordings (../shared/data/venues: recorded by the cryptofeed project, Bryant
 Moscon, XFree86 1.1) through the real broker, Spark and chDB: every window equals the independent
-reference, which applies each venue's side rule and contract values itself."""
+reference, which applies each venue's side rule and contract values itself.
+
+No recording of Bybit v5, Coinbase Advanced Trade or Binance COIN-M is at hand: their replays are
+real trades of the other recordings in those venues' frames, as their doubles send them."""
 
 from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 from tests.integration.test_cli import PULSE, run, sql_rows
-from tests.support.reference import assert_windows_match, reference_windows
+from tests.support.binance_double import COINM_NAMES, agg_trades_from_recording, coinm_contract_usd, relabel
+from tests.support.recordings import SPOT_RAW, USDM_RAW, recording
+from tests.support.reference import RefTrade, assert_windows_match, reference_windows
+from tests.support.venue_double import write_recording
 from tests.support.venue_reference import (
     BINANCE_US,
     COINBASE,
     OKX,
     OKX_INSTRUMENTS,
     binance_us_trades,
+    bybit_tape,
+    coinbase_tape,
     coinbase_trades,
     okx_trades,
+    tape_trades,
     venue_recording,
 )
 
@@ -50,6 +63,46 @@ def test_pulse_demo_of_each_venue_matches_the_reference(tmp_path, name, venue, r
     result = run(PULSE, "demo", "--input", str(path), "--venue", venue, "--speed", "max", "--data-dir",
                  str(data_dir), "--no-live-view")
     trades = read(path)
+    assert f"trades in:        {len(trades)} (published {len(trades)}, dead-lettered 0" in result.stdout
+    rows = sql_rows(data_dir, "SELECT *, toUnixTimestamp64Milli(window_start) AS window_start_ms"
+                              " FROM pulse_metrics FINAL")
+    assert {r["venue"] for r in rows} == {venue}
+    assert_windows_match(rows, reference_windows(trades))
+
+
+def _coinm(folder: Path) -> tuple[Path, Path, list[RefTrade]]:
+    """The USD-M recording's trades under COIN-M names, their `q` as contracts, and an exchangeInfo
+    reply with each contract's size; the reference's base quantity is q x contractSize / p."""
+    tape = relabel(agg_trades_from_recording(recording(USDM_RAW)), COINM_NAMES)
+    frames = folder / "coinm.raw"
+    frames.write_text("".join(f"{p['T'] / 1000 + 0.005:.3f}: "
+                              f"{json.dumps({'stream': p['s'].lower() + '@aggTrade', 'data': p})}\n" for p in tape))
+    info = folder / "coinm-exchangeinfo.json"
+    info.write_text(json.dumps({"timezone": "UTC", "symbols": [
+        {"symbol": s, "contractStatus": "TRADING", "contractSize": coinm_contract_usd(s)}
+        for s in COINM_NAMES.values()]}))
+    trades = [RefTrade(p["s"], p["a"], Decimal(p["p"]), Decimal(p["q"]) * coinm_contract_usd(p["s"]) / Decimal(p["p"]),
+                       p["T"], p["m"]) for p in tape]
+    return frames, info, trades
+
+
+@pytest.mark.parametrize("venue", ["bybit-linear", "bybit-spot", "coinbase", "binance-coinm"])
+def test_pulse_demo_of_the_venues_without_a_recording_matches_the_reference(tmp_path, venue):
+    """Bybit's linear UUID ids (open and close follow time), Bybit spot, Coinbase Advanced Trade's
+    `market_trades` (its snapshot trade sent again as an update counts once) and COIN-M contracts."""
+    instruments: list[str] = []
+    if venue == "binance-coinm":
+        path, info, trades = _coinm(tmp_path)
+        instruments = ["--instruments", str(info)]
+    else:
+        tape = (coinbase_tape(venue_recording(COINBASE)) if venue == "coinbase"
+                else bybit_tape(recording(SPOT_RAW), {"BTCUSDT", "DOTUSDT"}, uuids=venue == "bybit-linear"))
+        path = tmp_path / f"{venue}.raw"
+        write_recording(venue, tape, path)
+        trades = tape_trades(tape)
+    data_dir = tmp_path / "data"
+    result = run(PULSE, "demo", "--input", str(path), "--venue", venue, *instruments, "--speed", "max",
+                 "--data-dir", str(data_dir), "--no-live-view")
     assert f"trades in:        {len(trades)} (published {len(trades)}, dead-lettered 0" in result.stdout
     rows = sql_rows(data_dir, "SELECT *, toUnixTimestamp64Milli(window_start) AS window_start_ms"
                               " FROM pulse_metrics FINAL")

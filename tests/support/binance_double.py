@@ -55,6 +55,17 @@ def agg_trades_from_recording(path: Path) -> list[dict[str, Any]]:
     return list(recorded_payloads(path))
 
 
+# COIN-M names for the USD-M recording's symbols (no COIN-M recording is at hand): perpetuals and a
+# delivery contract.
+COINM_NAMES = {"NEOUSDT": "NEOUSD_PERP", "SANDUSDT": "SANDUSD_PERP", "CTKUSDT": "CTKUSD_PERP",
+               "BATUSDT": "BATUSD_260327", "CHRUSDT": "CHRUSD_PERP"}
+
+
+def coinm_contract_usd(symbol: str) -> int:
+    """COIN-M's contract size as Binance lists it: 100 USD for BTC's contracts, 10 USD for the others."""
+    return 100 if symbol.startswith("BTCUSD_") else 10
+
+
 def relabel(tape: list[dict[str, Any]], names: dict[str, str]) -> list[dict[str, Any]]:
     """The same recorded trades under other symbols (COIN-M and delivery names, which no recording has)."""
     return [{**payload, "s": names.get(payload["s"], payload["s"])} for payload in tape]
@@ -243,6 +254,7 @@ class BinanceDouble:
             return refused
         status_key = "contractStatus" if self.market == "coinm" else "status"
         symbols = [{"symbol": symbol, status_key: status, "baseAsset": symbol[:3], "filters": []}
+                   | ({"contractSize": coinm_contract_usd(symbol)} if self.market == "coinm" else {})
                    for symbol, status in self.listed.items()]
         return web.json_response({"timezone": "UTC", "serverTime": 0, "rateLimits": [], "symbols": symbols})
 

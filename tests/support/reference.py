@@ -80,7 +80,7 @@ def reference_windows(trades: list[RefTrade], price_band: Decimal = Decimal(0),
         groups[(trade.symbol, trade.time_ms - trade.time_ms % 1000)].append(trade)
     windows = {}
     for key, group in groups.items():
-        group.sort(key=lambda t: t.agg_id)
+        group.sort(key=lambda t: (t.time_ms, t.agg_id))  # open/close: first and last in time
         zero = Decimal(0)
         volume = sum((t.qty for t in group), zero)
         buy = sum((t.qty for t in group if not t.buyer_maker), zero)
@@ -93,7 +93,8 @@ def reference_windows(trades: list[RefTrade], price_band: Decimal = Decimal(0),
             avg_price=float(avg), signal=_signal(avg, vwap, buy, sell, price_band, delta_band),
             open=float(group[0].price),
             high=float(max(t.price for t in group)), low=float(min(t.price for t in group)),
-            close=float(group[-1].price), first_agg_id=group[0].agg_id, last_agg_id=group[-1].agg_id,
+            close=float(group[-1].price), first_agg_id=min(t.agg_id for t in group),
+            last_agg_id=max(t.agg_id for t in group),
             buy_volume=float(buy), sell_volume=float(sell), quote_volume=float(vwap * volume),
         )
     return windows

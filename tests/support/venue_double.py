@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any, Literal
 
 from aiohttp import web
@@ -40,6 +41,47 @@ class TapeTrade:
 
 def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}456Z"
+
+
+def venue_frame(venue: VenueKind, trades: list[TapeTrade], snapshot: bool = False, sequence: int = 0) -> str:
+    """`trades` (of one symbol) in one frame, as `venue` sends them."""
+    if venue == "okx":
+        symbol = trades[0].symbol
+        return json.dumps({"arg": {"channel": "trades", "instId": symbol}, "data": [
+            {"instId": t.symbol, "tradeId": t.trade_id, "px": t.price, "sz": t.size,
+             "side": "buy" if t.taker_buys else "sell", "ts": str(t.time_ms), "count": "1"} for t in trades]})
+    if venue == "coinbase":
+        # `side` is the maker's: a taker buy hits a resting sell.
+        return json.dumps({"channel": "market_trades", "client_id": "", "timestamp": _iso(trades[-1].time_ms),
+                           "sequence_num": sequence, "events": [{"type": "snapshot" if snapshot else "update",
+                                                                 "trades": [
+            {"trade_id": t.trade_id, "product_id": t.symbol, "price": t.price, "size": t.size,
+             "side": "SELL" if t.taker_buys else "BUY", "time": _iso(t.time_ms)} for t in trades]}]})
+    symbol = trades[0].symbol
+    return json.dumps({"topic": f"publicTrade.{symbol}", "type": "snapshot", "ts": trades[-1].time_ms + 3,
+                       "data": [{"T": t.time_ms, "s": t.symbol, "S": "Buy" if t.taker_buys else "Sell",
+                                 "v": t.size, "p": t.price, "L": "PlusTick", "i": t.trade_id, "BT": False}
+                                for t in trades]})
+
+
+def write_recording(venue: VenueKind, tape: list[TapeTrade], path: Path, per_frame: int = 4) -> None:
+    """The tape as a recorder would have saved the double's frames (`<unix seconds>: <frame>`): the
+    venue's subscription answer, a Coinbase snapshot of the first trades (sent again as updates, so
+    they must count once), then frames of up to `per_frame` trades of one symbol each."""
+    ack = ({"success": True, "ret_msg": "", "conn_id": "double", "req_id": "", "op": "subscribe"}
+           if venue.startswith("bybit") else {"channel": "subscriptions", "client_id": "", "timestamp": _iso(0),
+                                              "sequence_num": 0, "events": []})
+    lines = [f"{tape[0].time_ms / 1000:.3f}: {json.dumps(ack)}"]
+    if venue == "coinbase":
+        lines.append(f"{tape[0].time_ms / 1000:.3f}: {venue_frame(venue, tape[:1], snapshot=True)}")
+    pending: list[TapeTrade] = []
+    for trade in tape:
+        if pending and (trade.symbol != pending[0].symbol or len(pending) == per_frame):
+            lines.append(f"{pending[-1].time_ms / 1000 + 0.004:.3f}: {venue_frame(venue, pending, False, len(lines))}")
+            pending = []
+        pending.append(trade)
+    lines.append(f"{pending[-1].time_ms / 1000 + 0.004:.3f}: {venue_frame(venue, pending, False, len(lines))}")
+    path.write_text("\n".join(lines) + "\n")
 
 
 class VenueDouble:
@@ -111,26 +153,8 @@ class VenueDouble:
             return connection.respond(HTTPStatus(self.refuse_ws_with), "double: refused\n")
         return None
 
-    # -- what each venue sends --------------------------------------------------------------------
-
     def _frame(self, trades: list[TapeTrade], snapshot: bool = False) -> str:
-        if self.venue == "okx":
-            symbol = trades[0].symbol
-            return json.dumps({"arg": {"channel": "trades", "instId": symbol}, "data": [
-                {"instId": t.symbol, "tradeId": t.trade_id, "px": t.price, "sz": t.size,
-                 "side": "buy" if t.taker_buys else "sell", "ts": str(t.time_ms), "count": "1"} for t in trades]})
-        if self.venue == "coinbase":
-            # `side` is the maker's: a taker buy hits a resting sell.
-            return json.dumps({"channel": "market_trades", "client_id": "", "timestamp": _iso(trades[-1].time_ms),
-                               "sequence_num": self.cursor, "events": [{"type": "snapshot" if snapshot else "update",
-                                                                        "trades": [
-                {"trade_id": t.trade_id, "product_id": t.symbol, "price": t.price, "size": t.size,
-                 "side": "SELL" if t.taker_buys else "BUY", "time": _iso(t.time_ms)} for t in trades]}]})
-        symbol = trades[0].symbol
-        return json.dumps({"topic": f"publicTrade.{symbol}", "type": "snapshot", "ts": trades[-1].time_ms + 3,
-                           "data": [{"T": t.time_ms, "s": t.symbol, "S": "Buy" if t.taker_buys else "Sell",
-                                     "v": t.size, "p": t.price, "L": "PlusTick", "i": t.trade_id, "BT": False}
-                                    for t in trades]})
+        return venue_frame(self.venue, trades, snapshot, self.cursor)
 
     async def _on_message(self, connection: ServerConnection, text: str) -> None:
         if self.venue == "okx" and text == "ping":

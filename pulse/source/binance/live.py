@@ -27,7 +27,7 @@ from pulse.source.base import FrameDecoder, Output, now_ms
 from pulse.source.binance.markets import MARKETS, Market
 from pulse.source.binance.rest import BinanceRest, RestError, WeightBudget
 from pulse.source.binance.sequencer import AggregateIdSequencer
-from pulse.source.binance.wire import BinanceAggTrade, BinanceReader, to_trade
+from pulse.source.binance.wire import BinanceAggTrade, BinanceReader
 from pulse.source.binance.ws import MAX_STREAMS_PER_CONNECTION, BinanceStream
 from pulse.telemetry import Telemetry, merge
 
@@ -54,9 +54,9 @@ class GapFiller:
     """
 
     def __init__(self, settings: ProducerSettings, sequencer: AggregateIdSequencer, rest: BinanceRest | None,
-                 out: Output, venue: str = "binance-usdm") -> None:
+                 out: Output, reader: BinanceReader) -> None:
         self._settings = settings
-        self._venue = venue
+        self._reader = reader
         self._sequencer = sequencer
         self._rest = rest
         self._out = out
@@ -102,7 +102,7 @@ class GapFiller:
                 if recovered and recovered[0].a == gap.first_missing_id:
                     received = now_ms()
                     for wire in recovered:
-                        self._release(self._sequencer.accept(to_trade(wire, received, self._venue)))
+                        self._release(self._sequencer.accept(self._reader.trade(wire, received)))
                     self.counters.trades_filled += len(recovered)
                     continue
                 lost_to = recovered[0].a - 1 if recovered else gap.last_missing_id
@@ -209,7 +209,8 @@ class BinanceSource:
         self.name = f"binance:{self.market.name}"
         self.sequencer = AggregateIdSequencer()
         self.venue = f"binance-{self.market.name}"
-        self._decoder = FrameDecoder(self.name, BinanceReader(self.venue))
+        self._reader = BinanceReader(self.venue)
+        self._decoder = FrameDecoder(self.name, self._reader)
         ws_url = self.market.stream_url(settings.ws_base_url)
         self.streams = [BinanceStream(settings, ws_url, shard, self._on_frame) for shard in shards(self.symbols)]
         self._session: aiohttp.ClientSession | None = None
@@ -222,6 +223,9 @@ class BinanceSource:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         budget = WeightBudget(settings.rest_weight_budget_per_min or self.market.weight_per_minute)
         self.rest = BinanceRest(self._session, self.market, settings.rest_base_url or self.market.rest_url, budget)
+        if self.market.name == "coinm":  # COIN-M counts contracts: their sizes turn them into base units
+            self._reader = BinanceReader(self.venue, contract_sizes=await self.rest.contract_sizes())
+            self._decoder.reader = self._reader
 
     def _on_frame(self, raw: str | bytes) -> bool:
         """A frame from any connection; True when it held an aggTrade (that keeps its watchdog quiet)."""
@@ -237,7 +241,7 @@ class BinanceSource:
 
     async def run(self, out: Output, stop: asyncio.Event) -> None:
         self._out = out
-        self.gaps = GapFiller(self._settings, self.sequencer, self.rest, out, self.venue)
+        self.gaps = GapFiller(self._settings, self.sequencer, self.rest, out, self._reader)
         running = [asyncio.create_task(stream.run(stop)) for stream in self.streams]
         try:
             # A stream only ends when stopped, or by a bug in the frame path: that must surface.

@@ -75,6 +75,7 @@ class ExchangeSymbol(msgspec.Struct, frozen=True):
     symbol: str
     status: str | None = None  # spot and USD-M: TRADING, BREAK, SETTLING, ...
     contractStatus: str | None = None  # COIN-M calls its status so
+    contractSize: float | None = None  # COIN-M: USD per contract (100 for BTCUSD_*, 10 for most others)
 
 
 class ExchangeInfo(msgspec.Struct, frozen=True):
@@ -84,14 +85,24 @@ class ExchangeInfo(msgspec.Struct, frozen=True):
 _exchange_info = msgspec.json.Decoder(ExchangeInfo)
 
 
-def symbol_states(body: bytes) -> dict[str, str]:
-    """exchangeInfo as symbol -> status, in the exchange's order; names Binance's pattern refuses are left out."""
+def _symbols(body: bytes) -> list[ExchangeSymbol]:
+    """exchangeInfo's symbols in the exchange's order; names Binance's pattern refuses are left out."""
     try:
         info = _exchange_info.decode(body)
     except msgspec.DecodeError as error:  # ValidationError included
         raise RestError(f"exchangeInfo reply: {error}") from None
-    return {entry.symbol: entry.status or entry.contractStatus or "UNKNOWN"
-            for entry in info.symbols if is_symbol(entry.symbol)}
+    return [entry for entry in info.symbols if is_symbol(entry.symbol)]
+
+
+def symbol_states(body: bytes) -> dict[str, str]:
+    """exchangeInfo as symbol -> status."""
+    return {entry.symbol: entry.status or entry.contractStatus or "UNKNOWN" for entry in _symbols(body)}
+
+
+def contract_sizes(body: bytes) -> dict[str, float]:
+    """COIN-M's exchangeInfo as symbol -> USD per contract (symbols without a size are left out)."""
+    return {entry.symbol: entry.contractSize for entry in _symbols(body)
+            if entry.contractSize is not None and entry.contractSize > 0}
 
 
 class WeightBudget:
@@ -160,6 +171,11 @@ class BinanceRest:
         """Every symbol of the market with its status (TRADING, BREAK, SETTLING...)."""
         return symbol_states(await self._get(self._exchange_info_url, {}, self._market.exchange_info_weight,
                                              "exchangeInfo"))
+
+    async def contract_sizes(self) -> dict[str, float]:
+        """COIN-M: every symbol's USD per contract."""
+        return contract_sizes(await self._get(self._exchange_info_url, {}, self._market.exchange_info_weight,
+                                              "exchangeInfo"))
 
     async def _get(self, url: str, params: dict[str, str], weight: int, what: str) -> bytes:
         """Up to `_MAX_ATTEMPTS` tries: a network error or 5xx after a pause, a 429/418 once its Retry-After

@@ -19,6 +19,7 @@ Binance adds fields without notice and rejecting them would turn a schema extens
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
 import msgspec
@@ -186,27 +187,47 @@ def decode_rest_page(body: bytes, symbol: str) -> list[BinanceAggTrade]:
 
 
 class BinanceReader:
-    """Binance's aggTrade frames (every Binance market, and Binance.US, which speaks the same)."""
+    """Binance's aggTrade frames (every Binance market, and Binance.US, which speaks the same).
 
-    def __init__(self, venue: str = "binance-usdm", default_symbol: str | None = None) -> None:
+    COIN-M counts contracts worth `contractSize` USD each (exchangeInfo, e.g. 100 for BTCUSD_PERP, 10
+    for ETHUSD_PERP): `contract_sizes` turns them into base units, q x contractSize / p.
+    https://developers.binance.com/docs/derivatives/coin-margined-futures/market-data/rest-api/Exchange-Information
+    """
+
+    def __init__(self, venue: str = "binance-usdm", default_symbol: str | None = None,
+                 contract_sizes: Mapping[str, float] | None = None) -> None:
         self.venue = venue
         self._default_symbol = default_symbol
+        self._contract_sizes = contract_sizes
 
     def trades(self, raw: str | bytes, received_ms: int) -> list[Trade]:
-        return [to_trade(decode_frame(raw, self._default_symbol), received_ms, self.venue)]
+        return [self.trade(decode_frame(raw, self._default_symbol), received_ms)]
+
+    def trade(self, wire: BinanceAggTrade, received_ms: int) -> Trade:
+        """One wire record (websocket or REST) as the domain's trade."""
+        if self._contract_sizes is None:
+            return to_trade(wire, received_ms, self.venue)
+        size = self._contract_sizes.get(wire.s)
+        if size is None:
+            raise InvalidFrame(f"no contract size for {wire.s}: exchangeInfo does not list it")
+        return to_trade(wire, received_ms, self.venue, size)
 
 
-def to_trade(wire: BinanceAggTrade, ingest_time_ms: int, venue: str = "binance-usdm") -> Trade:
+def to_trade(wire: BinanceAggTrade, ingest_time_ms: int, venue: str = "binance-usdm",
+             contract_usd: float | None = None) -> Trade:
     """The one conversion from Binance's wire record to the domain record (the last checks that need
     numbers: doubles in range, a trade time not ahead of the event time or the receipt). Binance.US
-    speaks the same frames: `venue` names which Binance it was."""
+    speaks the same frames: `venue` names which Binance it was. `contract_usd`: COIN-M's contract
+    size, whose `q` counts contracts (kept as the venue's quantity)."""
     check_not_ahead("T", wire.T, wire.E, ingest_time_ms)
     base, quote = split_glued(wire.s)
+    price = positive_double("p", wire.p)
+    quantity = positive_double("q", wire.q)
     return Trade(
         symbol=wire.s,
         agg_trade_id=wire.a,
-        price=positive_double("p", wire.p),
-        quantity=positive_double("q", wire.q),
+        price=price,
+        quantity=quantity if contract_usd is None else quantity * contract_usd / price,
         first_trade_id=wire.f,
         last_trade_id=wire.l,
         trade_time_ms=wire.T,
@@ -217,4 +238,5 @@ def to_trade(wire: BinanceAggTrade, ingest_time_ms: int, venue: str = "binance-u
         venue=venue,
         base=base,
         quote=quote,
+        venue_quantity=None if contract_usd is None else quantity,
     )

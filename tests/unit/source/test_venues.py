@@ -38,7 +38,8 @@ def test_every_venue_name_has_a_row():
 @pytest.mark.parametrize(("symbol", "base", "quote"), [
     ("BTCUSDT", "BTC", "USDT"), ("ETHBTC", "ETH", "BTC"), ("BTCUSDT_260327", "BTC", "USDT"),
     ("BTCUSD_PERP", "BTC", "USD"), ("1000PEPEUSDC", "1000PEPE", "USDC"), ("BTCPERP", "BTC", "USDC"),
-    ("OMGBUSD", "OMG", "BUSD"), ("WEIRD", "WEIRD", "")])
+    ("OMGBUSD", "OMG", "BUSD"), ("BTCTUSD", "BTC", "TUSD"), ("BATUSD_260327", "BAT", "USD"),
+    ("WEIRD", "WEIRD", "")])
 def test_glued_symbols_split_into_asset_and_quote(symbol, base, quote):
     assert split_glued(symbol) == (base, quote)
 
@@ -165,14 +166,41 @@ def test_the_trade_message_carries_venue_asset_quote_and_the_venues_quantity():
         "venue": "okx", "base_asset": "BTC", "quote_asset": "USD", "venue_quantity": 3.0, "symbol": "BTC-USD-220527"}
 
 
-def test_instruments_are_for_okx_only_and_must_be_readable(tmp_path):
-    with pytest.raises(UsageError, match="okx only"):
+def test_instruments_are_for_okx_and_coinm_only_and_must_be_readable(tmp_path):
+    with pytest.raises(UsageError, match="okx and binance-coinm only, not coinbase"):
         reader_for("coinbase", instruments=venue_recording(OKX_INSTRUMENTS))
     with pytest.raises(UsageError, match="cannot read"):
         reader_for("okx", instruments=tmp_path / "missing")
     (tmp_path / "junk").write_text('{"code": "0"}\n')
     with pytest.raises(UsageError, match="not a list of OKX instruments"):
         reader_for("okx", instruments=tmp_path / "junk")
+    with pytest.raises(UsageError, match="binance-coinm counts contracts: give --instruments FILE"):
+        reader_for("binance-coinm")
+    with pytest.raises(UsageError, match="not a Binance exchangeInfo reply"):
+        reader_for("binance-coinm", instruments=tmp_path / "junk")
+
+
+def _coinm_frame(symbol: str, q: str, p: str) -> str:
+    return json.dumps({"stream": f"{symbol.lower()}@aggTrade", "data": {
+        "e": "aggTrade", "E": RECEIVED - 5, "s": symbol, "a": 7, "p": p, "q": q, "f": 9, "l": 9,
+        "T": RECEIVED - 10, "m": True}})
+
+
+def test_coinm_contracts_become_base_units_with_the_listed_contract_size(tmp_path):
+    """COIN-M's `q` counts contracts of `contractSize` USD: 3 BTCUSD_PERP contracts (100 USD each) at
+    60,000 are 0.005 BTC; the venue's 3 is kept. A symbol exchangeInfo does not size is dead-lettered."""
+    info = tmp_path / "exchangeInfo.json"
+    info.write_text(json.dumps({"symbols": [{"symbol": "BTCUSD_PERP", "contractStatus": "TRADING",
+                                             "contractSize": 100},
+                                            {"symbol": "ETHUSD_260327", "contractStatus": "TRADING",
+                                             "contractSize": 10}]}))
+    reader = reader_for("binance-coinm", instruments=info)
+    (btc,) = reader.trades(_coinm_frame("BTCUSD_PERP", "3", "60000"), RECEIVED)
+    (eth,) = reader.trades(_coinm_frame("ETHUSD_260327", "4", "2500"), RECEIVED)
+    assert (btc.quantity, btc.venue_quantity, btc.base, btc.quote) == (0.005, 3.0, "BTC", "USD")
+    assert (eth.quantity, eth.venue_quantity, eth.base, eth.quote) == (0.016, 4.0, "ETH", "USD")
+    with pytest.raises(InvalidFrame, match="no contract size for BNBUSD_PERP"):
+        reader.trades(_coinm_frame("BNBUSD_PERP", "1", "600"), RECEIVED)
 
 
 # -- the real recordings, against the independent reader --------------------------------------------
