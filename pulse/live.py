@@ -21,6 +21,7 @@ from pulse.settings import PulseSettings
 from pulse.source.base import Source
 from pulse.source.binance.live import BinanceSource
 from pulse.source.venue_live import VenueSource, live_source
+from pulse.source.venues import VENUES
 from pulse.summary import RunSummary, summary_of
 
 
@@ -55,6 +56,6 @@ def run_live(settings: PulseSettings, say: Callable[[str], None], stop: StopSign
 
 def _where(source: Source) -> str:
     if isinstance(source, BinanceSource):
-        return f"Binance {source.market.title}"
+        return VENUES[source.venue].title
     assert isinstance(source, VenueSource)
     return source.venue.title

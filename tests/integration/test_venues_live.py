@@ -12,9 +12,11 @@ speaking each protocol (tests/support/venue_double.py), through the producer the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,16 +24,19 @@ import pytest
 from pulse.settings import PulseSettings
 from pulse.source.binance.live import StreamRefused
 from pulse.source.venue_live import VenueSource, live_source
-from tests.integration.test_live import PULSE, as_rows, stored_windows
+from tests.integration.test_live import PULSE, as_rows, live_env, stored_windows
+from tests.support.binance_double import agg_trades_from_recording, double_in_thread
 from tests.support.producer_harness import consume_all, fresh_topics, running_producer, scraped, wait_until
 from tests.support.recordings import SPOT_RAW, recording
-from tests.support.reference import reference_windows
+from tests.support.reference import RefTrade, reference_windows
 from tests.support.terminal import Terminal
 from tests.support.venue_double import TapeTrade, VenueDouble, venue_double_in_thread
 from tests.support.venue_reference import (
+    BINANCE_US,
     COINBASE,
     OKX,
     OKX_INSTRUMENTS,
+    binance_us_trades,
     bybit_tape,
     coinbase_tape,
     okx_instruments_replies,
@@ -155,27 +160,39 @@ def test_a_refused_handshake_is_the_venues_own_line_and_ends_a_run(base_settings
     assert asyncio.run(scenario()) == "Coinbase refused the connection (HTTP 403)"
 
 
-def _terminal_tape(venue: str) -> tuple[list[TapeTrade], str]:
+@contextlib.contextmanager
+def _terminal_double(venue: str) -> Iterator[tuple[list[RefTrade], str, dict[str, str]]]:
+    """The venue's double playing its tape: the tape's trades, the venue's title, and the environment
+    that points `pulse live` at the double."""
+    if venue == "binance-us":
+        # Binance.US's real aggTrades (where Binance answers 451), from its own host and REST paths.
+        payloads = agg_trades_from_recording(venue_recording(BINANCE_US))
+        with double_in_thread(payloads, frames_per_s=100, market="us") as binance:
+            yield binance_us_trades(venue_recording(BINANCE_US)), "Binance.US spot", live_env(binance)
+        return
     if venue == "okx":
-        return okx_tape(venue_recording(OKX), spot_only=True), "OKX"
-    if venue == "coinbase":
-        return coinbase_tape(venue_recording(COINBASE)), "Coinbase"
-    # Linear contracts' UUID ids, on real Binance trades of one symbol.
-    return bybit_tape(recording(SPOT_RAW), {"DOTUSDT"}, uuids=True), "Bybit linear contracts"
+        tape, title = okx_tape(venue_recording(OKX), spot_only=True), "OKX"
+    elif venue == "coinbase":
+        tape, title = coinbase_tape(venue_recording(COINBASE)), "Coinbase"
+    else:  # Bybit: real Binance trades, with linear contracts' UUID ids or spot's digits
+        linear = venue == "bybit-linear"
+        tape = bybit_tape(recording(SPOT_RAW), {"DOTUSDT"} if linear else {"ETHUSDT"}, uuids=linear)
+        title = "Bybit linear contracts" if linear else "Bybit spot"
+    with venue_double_in_thread(venue, tape, frames_per_s=100) as double:  # type: ignore[arg-type]
+        yield tape_trades(tape), title, {**os.environ, "PULSE_PRODUCER__WS_BASE_URL": double.url,
+                                         "PULSE_PRODUCER__RECONNECT_INITIAL_S": "0.05",
+                                         "PULSE_PRODUCER__STALL_TIMEOUT_S": "600"}
 
 
-@pytest.mark.parametrize("venue", ["okx", "coinbase", "bybit-linear"])
+@pytest.mark.parametrize("venue", ["okx", "coinbase", "bybit-linear", "bybit-spot", "binance-us"])
 def test_pulse_live_on_each_venue_in_a_terminal_stores_every_window_of_the_tape(tmp_path, venue):
     """`pulse live --venue V` as a user runs it, in a pty, against the venue's double: the dashboard
     counts the tape's windows, Ctrl-C ends it with exit 0, and `pulse sql` finds exactly the reference's."""
-    tape, title = _terminal_tape(venue)
-    symbols = sorted({t.symbol for t in tape})
-    expected = reference_windows(tape_trades(tape))
     data_dir, cwd = tmp_path / "data", tmp_path / "cwd"
     cwd.mkdir()
-    with venue_double_in_thread(venue, tape, frames_per_s=100) as double:
-        env = {**os.environ, "PULSE_PRODUCER__WS_BASE_URL": double.url, "PULSE_PRODUCER__RECONNECT_INITIAL_S": "0.05",
-               "PULSE_PRODUCER__STALL_TIMEOUT_S": "600"}
+    with _terminal_double(venue) as (trades, title, env):
+        expected = reference_windows(trades)
+        symbols = sorted({t.symbol for t in trades})
         terminal = Terminal([PULSE, "live", "--venue", venue, "--symbols", ",".join(symbols), "--data-dir",
                              str(data_dir)], cwd, env)
         try:

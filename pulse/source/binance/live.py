@@ -17,12 +17,13 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import aiohttp
 
 from pulse.errors import PulseError, Unavailable, UsageError
 from pulse.model import Gap, GapEvent, Trade
-from pulse.settings import ProducerSettings
+from pulse.settings import ProducerSettings, VenueName
 from pulse.source.base import FrameDecoder, Output, now_ms
 from pulse.source.binance.markets import MARKETS, Market
 from pulse.source.binance.rest import BinanceRest, RestError, WeightBudget
@@ -208,7 +209,7 @@ class BinanceSource:
             raise ValueError("resolve 'all' with market_symbols() before building the source")
         self.name = f"binance:{self.market.name}"
         self.sequencer = AggregateIdSequencer()
-        self.venue = f"binance-{self.market.name}"
+        self.venue = cast(VenueName, f"binance-{self.market.name}")  # each market is the venue of its name
         self._reader = BinanceReader(self.venue)
         self._decoder = FrameDecoder(self.name, self._reader)
         ws_url = self.market.stream_url(settings.ws_base_url)
