@@ -25,7 +25,7 @@ from pulse.model import Gap, GapEvent, Trade
 from pulse.settings import ProducerSettings
 from pulse.source.base import FrameDecoder, Output, Source, now_ms
 from pulse.source.binance.live import BinanceSource, StreamRefused, StreamUnreachable
-from pulse.source.binance.ws import BinanceStream, FrameHandler, _Connection
+from pulse.source.binance.ws import BinanceStream, Connection, FrameHandler
 from pulse.source.okx.rest import contract_instruments, is_contract
 from pulse.source.okx.wire import OkxReader
 from pulse.source.replay import RecentIds
@@ -54,7 +54,7 @@ class SubscribedStream(BinanceStream):
             self._keepalive = (settings.keepalive_s, venue.keepalive[1])
         self._pingers: dict[int, asyncio.Task[None]] = {}
 
-    async def _open(self) -> _Connection:
+    async def _open(self) -> Connection:
         connection = await super()._open()
         try:
             for message in self._messages:
@@ -66,13 +66,13 @@ class SubscribedStream(BinanceStream):
             self._pingers[id(connection)] = asyncio.create_task(self._ping(connection, *self._keepalive))
         return connection
 
-    async def _ping(self, connection: _Connection, every_s: float, text: str) -> None:
+    async def _ping(self, connection: Connection, every_s: float, text: str) -> None:
         with contextlib.suppress(WebSocketException):
             while True:
                 await asyncio.sleep(every_s)
                 await connection.websocket.send(text)
 
-    async def _close(self, connection: _Connection) -> None:
+    async def _close(self, connection: Connection) -> None:
         pinger = self._pingers.pop(id(connection), None)
         if pinger is not None:
             pinger.cancel()

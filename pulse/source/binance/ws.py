@@ -73,7 +73,9 @@ class StreamStats:
 
 
 @dataclass(slots=True)
-class _Connection:
+class Connection:
+    """One open websocket and its reader; venues that subscribe by message reuse it (venue_live.py)."""
+
     websocket: ClientConnection
     opened_at: float
     trades: int = 0
@@ -105,7 +107,7 @@ class BinanceStream:
         self.connected = False
         self.stats = StreamStats()
 
-    async def _read(self, connection: _Connection) -> None:
+    async def _read(self, connection: Connection) -> None:
         on_frame = self._on_frame
         with contextlib.suppress(ConnectionClosed):
             async for message in connection.websocket:
@@ -113,12 +115,12 @@ class BinanceStream:
                     connection.trades += 1
                     self._last_trade_at = time.monotonic()
 
-    async def _open(self) -> _Connection:
+    async def _open(self) -> Connection:
         websocket = await connect(self.url, open_timeout=10, close_timeout=2, max_size=2**22,
                                   ping_interval=20, ping_timeout=20, max_queue=None)
         self.stats.connects += 1
         self._last_trade_at = time.monotonic()
-        connection = _Connection(websocket, time.monotonic())
+        connection = Connection(websocket, time.monotonic())
         connection.reader = asyncio.create_task(self._read(connection))
         log.info("websocket connected", extra={"event": "ws_connected", "url": self.url})
         return connection
@@ -127,7 +129,7 @@ class BinanceStream:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=seconds)
 
-    async def _open_with_backoff(self, stop: asyncio.Event) -> _Connection | None:
+    async def _open_with_backoff(self, stop: asyncio.Event) -> Connection | None:
         # Not websockets' own `async for ws in connect(...)` loop: it cannot open the next connection
         # while the old one still reads (the 24 h rotation), and it retries refusals (HTTP 451) unseen.
         settings = self._settings
@@ -159,13 +161,13 @@ class BinanceStream:
         if first:
             log.error(self.stats.last_refusal, extra={"event": "ws_refused", "status": status, "url": self.url})
 
-    async def _close(self, connection: _Connection) -> None:
+    async def _close(self, connection: Connection) -> None:
         await connection.websocket.close()
         connection.reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await connection.reader
 
-    async def _watch(self, connection: _Connection, stopping: asyncio.Task[bool]) -> WatchOutcome:
+    async def _watch(self, connection: Connection, stopping: asyncio.Task[bool]) -> WatchOutcome:
         settings = self._settings
         while True:
             rotate_at = connection.opened_at + settings.rotate_after_s
