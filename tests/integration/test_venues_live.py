@@ -17,6 +17,7 @@ import math
 import os
 from collections import Counter
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -25,9 +26,15 @@ from pulse.settings import PulseSettings
 from pulse.source.binance.live import StreamRefused
 from pulse.source.venue_live import VenueSource, live_source
 from tests.integration.test_live import PULSE, as_rows, live_env, stored_windows
-from tests.support.binance_double import agg_trades_from_recording, double_in_thread
+from tests.support.binance_double import (
+    COINM_NAMES,
+    agg_trades_from_recording,
+    coinm_contract_usd,
+    double_in_thread,
+    relabel,
+)
 from tests.support.producer_harness import consume_all, fresh_topics, running_producer, scraped, wait_until
-from tests.support.recordings import SPOT_RAW, recording
+from tests.support.recordings import SPOT_RAW, USDM_RAW, recording
 from tests.support.reference import RefTrade, reference_windows
 from tests.support.terminal import Terminal
 from tests.support.venue_double import TapeTrade, VenueDouble, venue_double_in_thread
@@ -164,11 +171,10 @@ def test_a_refused_handshake_is_the_venues_own_line_and_ends_a_run(base_settings
 def _terminal_double(venue: str) -> Iterator[tuple[list[RefTrade], str, dict[str, str]]]:
     """The venue's double playing its tape: the tape's trades, the venue's title, and the environment
     that points `pulse live` at the double."""
-    if venue == "binance-us":
-        # Binance.US's real aggTrades (where Binance answers 451), from its own host and REST paths.
-        payloads = agg_trades_from_recording(venue_recording(BINANCE_US))
-        with double_in_thread(payloads, frames_per_s=100, market="us") as binance:
-            yield binance_us_trades(venue_recording(BINANCE_US)), "Binance.US spot", live_env(binance)
+    if venue.startswith("binance-"):
+        payloads, trades, title = _binance_tape(venue)
+        with double_in_thread(payloads, frames_per_s=100, market=venue.removeprefix("binance-")) as binance:
+            yield trades, title, live_env(binance)
         return
     if venue == "okx":
         tape, title = okx_tape(venue_recording(OKX), spot_only=True), "OKX"
@@ -184,7 +190,28 @@ def _terminal_double(venue: str) -> Iterator[tuple[list[RefTrade], str, dict[str
                                          "PULSE_PRODUCER__STALL_TIMEOUT_S": "600"}
 
 
-@pytest.mark.parametrize("venue", ["okx", "coinbase", "bybit-linear", "bybit-spot", "binance-us"])
+def _binance_tape(venue: str) -> tuple[list[dict[str, Any]], list[RefTrade], str]:
+    """Binance.US's real aggTrades (where Binance answers 451); one symbol of the spot recording; one
+    of the USD-M recording under its COIN-M name, `q` counting contracts (base = q x size / p)."""
+    if venue == "binance-us":
+        return (agg_trades_from_recording(venue_recording(BINANCE_US)),
+                binance_us_trades(venue_recording(BINANCE_US)), "Binance.US spot")
+    if venue == "binance-spot":
+        payloads = [p for p in agg_trades_from_recording(recording(SPOT_RAW)) if p["s"] == "DOTUSDT"]
+        title = "Binance spot"
+    else:
+        payloads = relabel([p for p in agg_trades_from_recording(recording(USDM_RAW)) if p["s"] == "NEOUSDT"],
+                           COINM_NAMES)
+        title = "Binance COIN-M futures"
+    contracts = venue == "binance-coinm"
+    trades = [RefTrade(p["s"], p["a"], Decimal(p["p"]),
+                       Decimal(p["q"]) * coinm_contract_usd(p["s"]) / Decimal(p["p"]) if contracts else Decimal(p["q"]),
+                       p["T"], p["m"]) for p in payloads]
+    return payloads, trades, title
+
+
+@pytest.mark.parametrize("venue", ["okx", "coinbase", "bybit-linear", "bybit-spot", "binance-us", "binance-spot",
+                                   "binance-coinm"])
 def test_pulse_live_on_each_venue_in_a_terminal_stores_every_window_of_the_tape(tmp_path, venue):
     """`pulse live --venue V` as a user runs it, in a pty, against the venue's double: the dashboard
     counts the tape's windows, Ctrl-C ends it with exit 0, and `pulse sql` finds exactly the reference's."""
