@@ -14,8 +14,7 @@ from urllib.parse import urlsplit
 
 from pulse.errors import UsageError
 from pulse.settings import VenueName
-from pulse.source.binance.rest import RestError, contract_sizes
-from pulse.source.binance.wire import BinanceReader
+from pulse.source.binance.wire import BinanceReader, contract_sizes
 from pulse.source.bybit import wire as bybit
 from pulse.source.bybit.wire import BybitReader
 from pulse.source.coinbase import wire as coinbase
@@ -91,7 +90,7 @@ def read_coinm_contract_sizes(path: Path) -> dict[str, float]:
         sizes = contract_sizes(path.read_bytes())
     except OSError as error:
         raise UsageError(f"cannot read the exchangeInfo file {path}: {error.strerror}") from None
-    except RestError:
+    except InvalidFrame:
         raise UsageError(f"{path} is not a Binance exchangeInfo reply") from None
     if not sizes:
         raise UsageError(f"{path} lists no COIN-M contract size (contractSize)")

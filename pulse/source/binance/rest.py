@@ -17,13 +17,19 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import aiohttp
-import msgspec
 from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from pulse.errors import Unavailable, first_line
 from pulse.source.binance.markets import Market
-from pulse.source.binance.wire import BinanceAggTrade, InvalidFrame, decode_rest_page, is_symbol
+from pulse.source.binance.wire import (
+    BinanceAggTrade,
+    ExchangeSymbol,
+    InvalidFrame,
+    contract_sizes,
+    decode_rest_page,
+    exchange_symbols,
+)
 from pulse.source.binance.ws import REFUSAL_HINTS
 from pulse.telemetry import Telemetry
 
@@ -69,40 +75,16 @@ def _rate_limited(state: RetryCallState) -> bool:
     return isinstance(error, _Transient) and error.rate_limited is not None
 
 
-class ExchangeSymbol(msgspec.Struct, frozen=True):
-    """One entry of `exchangeInfo.symbols`; the other fields (filters, precisions...) are not read."""
-
-    symbol: str
-    status: str | None = None  # spot and USD-M: TRADING, BREAK, SETTLING, ...
-    contractStatus: str | None = None  # COIN-M calls its status so
-    contractSize: float | None = None  # COIN-M: USD per contract (100 for BTCUSD_*, 10 for most others)
-
-
-class ExchangeInfo(msgspec.Struct, frozen=True):
-    symbols: list[ExchangeSymbol]
-
-
-_exchange_info = msgspec.json.Decoder(ExchangeInfo)
-
-
-def _symbols(body: bytes) -> list[ExchangeSymbol]:
-    """exchangeInfo's symbols in the exchange's order; names Binance's pattern refuses are left out."""
-    try:
-        info = _exchange_info.decode(body)
-    except msgspec.DecodeError as error:  # ValidationError included
-        raise RestError(f"exchangeInfo reply: {error}") from None
-    return [entry for entry in info.symbols if is_symbol(entry.symbol)]
-
-
 def symbol_states(body: bytes) -> dict[str, str]:
     """exchangeInfo as symbol -> status."""
     return {entry.symbol: entry.status or entry.contractStatus or "UNKNOWN" for entry in _symbols(body)}
 
 
-def contract_sizes(body: bytes) -> dict[str, float]:
-    """COIN-M's exchangeInfo as symbol -> USD per contract (symbols without a size are left out)."""
-    return {entry.symbol: entry.contractSize for entry in _symbols(body)
-            if entry.contractSize is not None and entry.contractSize > 0}
+def _symbols(body: bytes) -> list[ExchangeSymbol]:
+    try:
+        return exchange_symbols(body)
+    except InvalidFrame as error:
+        raise RestError(error.reason) from None
 
 
 class WeightBudget:
@@ -174,8 +156,11 @@ class BinanceRest:
 
     async def contract_sizes(self) -> dict[str, float]:
         """COIN-M: every symbol's USD per contract."""
-        return contract_sizes(await self._get(self._exchange_info_url, {}, self._market.exchange_info_weight,
-                                              "exchangeInfo"))
+        body = await self._get(self._exchange_info_url, {}, self._market.exchange_info_weight, "exchangeInfo")
+        try:
+            return contract_sizes(body)
+        except InvalidFrame as error:
+            raise RestError(error.reason) from None
 
     async def _get(self, url: str, params: dict[str, str], weight: int, what: str) -> bytes:
         """Up to `_MAX_ATTEMPTS` tries: a network error or 5xx after a pause, a 429/418 once its Retry-After

@@ -186,6 +186,38 @@ def decode_rest_page(body: bytes, symbol: str) -> list[BinanceAggTrade]:
                                    l=item.l, T=item.T, m=item.m) for item in page), key=lambda trade: trade.a)
 
 
+class ExchangeSymbol(msgspec.Struct, frozen=True):
+    """One entry of REST `exchangeInfo.symbols`; the other fields (filters, precisions...) are not read."""
+
+    symbol: str
+    status: str | None = None  # spot and USD-M: TRADING, BREAK, SETTLING, ...
+    contractStatus: str | None = None  # COIN-M calls its status so
+    contractSize: float | None = None  # COIN-M: USD per contract (100 for BTCUSD_*, 10 for most others)
+
+
+class _ExchangeInfo(msgspec.Struct, frozen=True):
+    symbols: list[ExchangeSymbol]
+
+
+_exchange_info = msgspec.json.Decoder(_ExchangeInfo)
+
+
+def exchange_symbols(body: bytes) -> list[ExchangeSymbol]:
+    """A REST exchangeInfo reply's symbols in the exchange's order; names Binance's pattern refuses are
+    left out."""
+    try:
+        info = _exchange_info.decode(body)
+    except msgspec.DecodeError as error:  # ValidationError included
+        raise InvalidFrame(f"exchangeInfo reply: {error}") from None
+    return [entry for entry in info.symbols if is_symbol(entry.symbol)]
+
+
+def contract_sizes(body: bytes) -> dict[str, float]:
+    """COIN-M's exchangeInfo as symbol -> USD per contract (symbols without a size are left out)."""
+    return {entry.symbol: entry.contractSize for entry in exchange_symbols(body)
+            if entry.contractSize is not None and entry.contractSize > 0}
+
+
 class BinanceReader:
     """Binance's aggTrade frames (every Binance market, and Binance.US, which speaks the same).
 
