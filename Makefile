@@ -8,7 +8,7 @@ MVN := mvn -q -B
 DATA_DIR ?= .pulse
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-unit test-containers lint fmt bench bench-producer bench-processor clean
+.PHONY: help setup demo test test-unit test-containers lint fmt bench bench-producer bench-processor bench-startup clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -32,7 +32,12 @@ $(JARS)/%/.fetched: jvm/%/pom.xml
 	cd jvm/$* && $(MVN) dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=$(CURDIR)/$(JARS)/$*
 	@touch $@
 
-setup: $(VENV)/.installed $(JARS)/kafka-broker/.fetched $(JARS)/spark-kafka/.fetched ## venv, pinned packages, JVM jars (idempotent)
+# One replay whose JVMs dump the classes they load: later broker and Spark starts map them (pulse/jvm.py).
+$(JARS)/class-archives/.written: $(VENV)/.installed $(JARS)/kafka-broker/.fetched $(JARS)/spark-kafka/.fetched
+	$(PY) -m pulse.warmup
+	@touch $@
+
+setup: $(VENV)/.installed $(JARS)/kafka-broker/.fetched $(JARS)/spark-kafka/.fetched $(JARS)/class-archives/.written ## venv, pinned packages, JVM jars and their class archives (idempotent)
 
 demo: setup ## replay the bundled recording through Kafka -> Spark -> ClickHouse (chDB), with a live view
 	$(VENV)/bin/pulse demo --data-dir $(DATA_DIR)
@@ -72,13 +77,16 @@ lint: setup ## ruff and mypy over the whole code base
 fmt: setup ## apply ruff's fixes
 	$(VENV)/bin/ruff check --fix pulse tests bench
 
-bench: bench-producer bench-processor ## run every benchmark; results go to docs/benchmarks.md
+bench: bench-producer bench-processor bench-startup ## run every benchmark; results go to docs/benchmarks.md
 
 bench-producer: setup ## producer throughput and added latency vs a send_and_wait-per-message producer
 	$(PY) -m bench.producer_bench
 
 bench-processor: setup ## processor freshness (trade time -> visible in ClickHouse) and sustained rate
 	$(PY) -m bench.processor_bench
+
+bench-startup: setup ## broker and `pulse demo` start-up with the JVMs' class archives vs without them
+	$(PY) -m bench.startup_bench
 
 clean: ## remove the venv, the jar cache and local run data
 	rm -rf $(VENV) .cache $(DATA_DIR)

@@ -375,7 +375,8 @@ class Runtime:
         else:
             step("broker", f"starting the Kafka broker (KRaft, single node) under {settings.data_dir / 'kafka'}")
             settings.data_dir.mkdir(parents=True, exist_ok=True)
-            parts.broker = LocalKafkaBroker(settings.jars_dir, settings.data_dir)
+            parts.broker = LocalKafkaBroker(settings.jars_dir, settings.data_dir,
+                                            class_archives=settings.class_archives)
             with _sigint_ignored_by_children():
                 parts.bootstrap = parts.broker.start()
         call(lambda: ensure_topics(

@@ -60,6 +60,9 @@ MarketName = Literal["usdm", "spot", "coinm", "us"]
 # Every venue Pulse reads trades of (pulse.source.venues; docs/venues.md).
 VenueName = Literal["binance-usdm", "binance-spot", "binance-coinm", "binance-us", "okx", "coinbase",
                     "bybit-linear", "bybit-spot"]
+# The JVMs' class-data archives (pulse.jvm): "use" maps them when present, "off" never does,
+# "write" is the warm-up run of `make setup` whose JVMs dump them at exit.
+ClassArchives = Literal["use", "off", "write"]
 
 
 class ProducerSettings(BaseModel):
@@ -258,6 +261,8 @@ class PulseSettings(BaseSettings):
     signal: SignalSettings = Field(default_factory=SignalSettings)
     writer: WriterSettings = Field(default_factory=WriterSettings)
     clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
+    # The JVMs' class-data archives under <jars_dir>/class-archives (pulse/jvm.py).
+    class_archives: ClassArchives = "use"
 
     def override(self, **changes: Any) -> Self:
         """A copy with `changes` applied and validated as the environment would be.

@@ -9,6 +9,8 @@ PR_SET_PDEATHSIG, so even a `kill -9` of Pulse leaves no orphan broker behind.
 folder (`<data_dir>/kafka/node-<id>`), with a three-voter controller quorum: the smallest cluster
 that keeps topics with replication factor 3 and min.insync.replicas=2 writable while any one node
 is down. The single-node layout and behaviour are unchanged.
+
+Both JVMs (the storage formatter and the node) map the class archives `make setup` wrote (pulse.jvm).
 """
 
 from __future__ import annotations
@@ -30,10 +32,13 @@ from aiokafka.errors import KafkaError, for_code
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from pulse.errors import PulseError, first_line
+from pulse.jvm import archive_options
+from pulse.settings import ClassArchives
 
 _PR_SET_PDEATHSIG = 1
 # CreateTopics answers per topic; these codes mean the topic is there, as wanted.
 _NO_ERROR, _TOPIC_ALREADY_EXISTS = 0, 36
+STORAGE_TOOL = "kafka.tools.StorageTool"
 
 
 def _die_with_parent() -> None:
@@ -91,10 +96,14 @@ class LocalKafkaBroker:
     `port`, `controller_port` and `home` are those of node 1; `bootstrap` names every node.
     """
 
-    def __init__(self, jars_dir: Path, data_dir: Path, heap: str = "512m", nodes: int = 1) -> None:
+    def __init__(self, jars_dir: Path, data_dir: Path, heap: str = "512m", nodes: int = 1,
+                 class_archives: ClassArchives = "use") -> None:
         if nodes < 1:
             raise ValueError(f"a Kafka cluster needs at least one node, got {nodes}")
+        self.jars_dir = jars_dir
         self.classpath_dir = jars_dir / "kafka-broker"
+        # Nodes of a cluster would all dump to one file: only a single node writes archives.
+        self.class_archives: ClassArchives = "use" if class_archives == "write" and nodes > 1 else class_archives
         self.home = data_dir / "kafka"
         self.heap = heap
         homes = [self.home] if nodes == 1 else [self.home / f"node-{i}" for i in range(1, nodes + 1)]
@@ -126,12 +135,23 @@ class LocalKafkaBroker:
             raise KafkaStartError(
                 f"Kafka broker jars are missing in {self.classpath_dir}: run `make setup` (or set PULSE_JARS_DIR)"
             )
+        jvm = "kafka-storage-tool" if main_class == STORAGE_TOOL else "kafka-broker"
         return [
             "java", f"-Xmx{self.heap}", "-Xms128m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            *archive_options(self.jars_dir, jvm, self.class_archives),
             f"-Dlog4j2.configurationFile={node.home / 'log4j2.properties'}",
             f"-Dkafka.logs.dir={node.home / 'logs'}",
-            "-cp", str(self.classpath_dir / "*"), main_class, *args,
+            "-cp", self.classpath, main_class, *args,
         ]
+
+    @property
+    def classpath(self) -> str:
+        return str(self.classpath_dir / "*")
+
+    @property
+    def archived_jvms(self) -> dict[str, str]:
+        """The JVMs this broker starts that have class archives, with their classpath (pulse.jvm)."""
+        return {"kafka-storage-tool": self.classpath, "kafka-broker": self.classpath}
 
     def _write_config(self, node: _Node) -> Path:
         node.home.mkdir(parents=True, exist_ok=True)
@@ -192,7 +212,7 @@ class LocalKafkaBroker:
         if (node.home / "log" / "meta.properties").exists():
             return None
         return subprocess.Popen(
-            self._java_command(node, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
+            self._java_command(node, STORAGE_TOOL, "format", "-t", cluster_id, "-c", str(config)),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=_die_with_parent,  # noqa: PLW1509
         )
 

@@ -6,7 +6,7 @@ a config file handed to the JVM (`-Dlog4j2.configurationFile`), and what the JVM
 pyspark starts the JVM with our stdout and stderr, so those two descriptors point at the file
 while it launches. The JVM also starts in `<data_dir>/spark-work`, because Spark resolves some
 folders against its working directory (`artifacts/spark-*` of the artifact manager), and nothing
-a run writes belongs where the user stands.
+a run writes belongs where the user stands. The driver maps its class archive (pulse.jvm).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pyspark.errors import PySparkException
 from pyspark.sql import SparkSession
 
 from pulse.errors import SparkStartFailed
+from pulse.jvm import archive_options
 from pulse.settings import PulseSettings
 
 # log4j2 for the driver (local mode runs the executors in it too). WARN keeps the file readable;
@@ -44,6 +45,8 @@ logger.hadoop_native.level = error
 logger.spark_utils.name = org.apache.spark.util.Utils
 logger.spark_utils.level = error
 """
+
+SPARK_DRIVER = "spark-driver"  # its class archive's name (pulse.jvm)
 
 # One launch at a time: the working directory and the two descriptors belong to the whole process.
 _launching = threading.Lock()
@@ -102,7 +105,8 @@ def build_spark_session(settings: PulseSettings) -> SparkSession:
     data_dir = settings.data_dir.resolve()
     local_dir = data_dir / "spark-local"
     local_dir.mkdir(parents=True, exist_ok=True)
-    java_options = f"-Dlog4j2.configurationFile={log4j_config(settings)}"
+    archive = archive_options(settings.jars_dir, SPARK_DRIVER, settings.class_archives)
+    java_options = " ".join([f"-Dlog4j2.configurationFile={log4j_config(settings)}", *archive])
     extra = dict(spark_settings.extra_conf)
     if "spark.driver.extraJavaOptions" in extra:
         java_options = f"{java_options} {extra.pop('spark.driver.extraJavaOptions')}"
@@ -133,6 +137,23 @@ def build_spark_session(settings: PulseSettings) -> SparkSession:
             return builder.getOrCreate()
         with _jvm_launch(data_dir / "spark-work", logs_dir(settings) / "spark-jvm.log"):
             return builder.getOrCreate()
+
+
+def end_driver_jvm(timeout_s: float = 300.0) -> dict[str, str]:
+    """Ends this process's Spark JVM, once its sessions stopped, and waits for its exit; returns it
+    with its classpath, as `LocalKafkaBroker.archived_jvms` does. For the warm-up (pulse.warmup): the
+    driver writes its class archive at exit, which the JVM pyspark started would otherwise only
+    reach when this process ends. It exits on its own once its standard input closes."""
+    gateway = SparkContext._gateway
+    if gateway is None:
+        return {}
+    classpath = str(gateway.jvm.System.getProperty("java.class.path"))
+    process = gateway.proc
+    process.stdin.close()
+    process.wait(timeout=timeout_s)
+    SparkContext._gateway = None
+    SparkContext._jvm = None
+    return {SPARK_DRIVER: classpath}
 
 
 @contextlib.contextmanager

@@ -29,7 +29,9 @@ def _bench(module: str, cwd: Path, env: dict[str, str], *args: str) -> subproces
     # A smoke run: one second per job, no warm-up run.
     ("bench.processor_bench", {"BENCH_SECONDS": "1", "BENCH_BACKLOG": "2000", "BENCH_WARMUP_SECONDS": "0"},
      ("--json",)),
-], ids=["producer_bench", "processor_bench"])
+    # Broker starts only, one of each: a demo pair would add ~40 s for a path the test suite runs anyway.
+    ("bench.startup_bench", {}, ("--rounds", "1", "--only", "broker", "--json")),
+], ids=["producer_bench", "processor_bench", "startup_bench"])
 def test_benchmarks_exit_0(tmp_path, module, env, args):
     result = _bench(module, tmp_path, env, *args)
     assert result.returncode == 0, (f"{module} ended with {result.returncode}"

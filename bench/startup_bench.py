@@ -1,0 +1,110 @@
+"""Start-up benchmark: the JVMs Pulse starts, mapping the class archives `make setup` wrote vs without them.
+
+The peer is the same start with `PULSE_CLASS_ARCHIVES=off`, in the same run, the two alternating
+round by round so that a busier minute of the machine hits both. Measured per start:
+
+- the embedded Kafka broker: `LocalKafkaBroker.start()` (storage formatter + node JVM, until the
+  port accepts) and its stop, wall time and the CPU time of its JVMs;
+- a whole `pulse demo --speed max` (broker, chDB, Spark in Real-Time Mode, the bundled recording,
+  teardown), as a user runs it: wall time only, since Spark's JVM outlives the command by a moment
+  (it exits when its standard input closes) and its CPU time reaches no parent's accounting.
+
+Run: `make bench-startup` (python -m bench.startup_bench [--rounds N] [--only broker|demo]).
+Prints a markdown table for docs/benchmarks.md. Not a test: it reports, it does not assert.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pulse.broker.local_kafka import LocalKafkaBroker
+from pulse.jvm import FOLDER
+from pulse.settings import ClassArchives, PulseSettings
+
+MODES: tuple[ClassArchives, ClassArchives] = ("use", "off")
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def broker_start(jars_dir: Path, mode: ClassArchives) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory(prefix="pulse-bench-broker-") as folder:
+        broker = LocalKafkaBroker(jars_dir, Path(folder), class_archives=mode)
+
+        cpu, begin = _children_cpu_s(), time.monotonic()
+        broker.start()
+        started = time.monotonic() - begin
+        broker.stop()  # the JVMs were waited for: their CPU time is in this process's children's
+        return started, _children_cpu_s() - cpu
+
+
+def demo_run(mode: ClassArchives) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory(prefix="pulse-bench-demo-") as folder:
+        command = [sys.executable, "-m", "pulse.cli", "demo", "--speed", "max", "--no-live-view", "--data-dir", folder]
+        env = {**os.environ, "PULSE_CLASS_ARCHIVES": mode}
+        wall = time.monotonic()
+        subprocess.run(command, cwd=folder, env=env, check=True, stdout=subprocess.DEVNULL)
+        return time.monotonic() - wall, math.nan
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5, help="starts of each kind, with and without archives")
+    parser.add_argument("--only", choices=["broker", "demo"], help="measure one kind of start")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line of the headline numbers")
+    args = parser.parse_args()
+    settings = PulseSettings()
+    archives = sorted(p.name for p in (settings.jars_dir / FOLDER).glob("*.jsa"))
+    if not archives:
+        sys.exit(f"no class archives in {settings.jars_dir / FOLDER}: run `make setup` first")
+    kinds: dict[str, Callable[[ClassArchives], tuple[float, float]]] = {
+        "broker": lambda mode: broker_start(settings.jars_dir, mode), "demo": demo_run}
+    if args.only:
+        kinds = {args.only: kinds[args.only]}
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
+          f"archives: {', '.join(archives)}; {args.rounds} rounds, alternating")
+    samples: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for _ in range(args.rounds):
+        for kind, start in kinds.items():
+            for mode in MODES:
+                samples.setdefault((kind, mode), []).append(start(mode))
+    print()
+    print("| start | class archives | wall, median (s) | CPU, median (s) |")
+    print("|---|---|---:|---:|")
+    headline: dict[str, float] = {}
+    for kind in kinds:
+        for mode in MODES:
+            walls, cpus = zip(*samples[(kind, mode)], strict=True)
+            wall, cpu = statistics.median(walls), statistics.median(cpus)
+            headline[f"{kind}_{mode}_wall_s"], headline[f"{kind}_{mode}_cpu_s"] = wall, cpu
+            label = "mapped (make setup's)" if mode == "use" else "none (peer)"
+            print(f"| {'embedded broker start' if kind == 'broker' else 'pulse demo --speed max'} | {label} "
+                  f"| {wall:.2f} | {_cell(cpu)} |")
+        wall_ratio = headline[f"{kind}_off_wall_s"] / headline[f"{kind}_use_wall_s"]
+        cpu_ratio = headline[f"{kind}_off_cpu_s"] / headline[f"{kind}_use_cpu_s"]
+        print(f"| {kind}: peer / with archives | | {wall_ratio:.2f}x | {_cell(cpu_ratio, 'x')} |")
+    if args.json:
+        print(json.dumps({key: value for key, value in headline.items() if not math.isnan(value)}))
+
+
+def _cell(value: float, unit: str = "") -> str:
+    return "n/a" if math.isnan(value) else f"{value:.2f}{unit}"
+
+
+if __name__ == "__main__":
+    main()
