@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from pulse.errors import UsageError
 from pulse.settings import VenueName
-from pulse.source.binance.wire import BinanceReader, contract_sizes
+from pulse.source.binance.wire import BinanceReader, contract_sizes, exchange_symbols
 from pulse.source.bybit import wire as bybit
 from pulse.source.bybit.wire import BybitReader
 from pulse.source.coinbase import wire as coinbase
@@ -87,7 +87,7 @@ def reader_for(venue: VenueName, default_symbol: str | None = None, instruments:
 def read_coinm_contract_sizes(path: Path) -> dict[str, float]:
     """Binance COIN-M's contract sizes from a saved exchangeInfo reply (bare JSON, as curl saves it)."""
     try:
-        sizes = contract_sizes(path.read_bytes())
+        sizes = contract_sizes(exchange_symbols(path.read_bytes()))
     except OSError as error:
         raise UsageError(f"cannot read the exchangeInfo file {path}: {error.strerror}") from None
     except InvalidFrame:

@@ -157,10 +157,7 @@ class BinanceRest:
     async def contract_sizes(self) -> dict[str, float]:
         """COIN-M: every symbol's USD per contract."""
         body = await self._get(self._exchange_info_url, {}, self._market.exchange_info_weight, "exchangeInfo")
-        try:
-            return contract_sizes(body)
-        except InvalidFrame as error:
-            raise RestError(error.reason) from None
+        return contract_sizes(_symbols(body))
 
     async def _get(self, url: str, params: dict[str, str], weight: int, what: str) -> bytes:
         """Up to `_MAX_ATTEMPTS` tries: a network error or 5xx after a pause, a 429/418 once its Retry-After

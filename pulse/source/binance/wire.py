@@ -212,9 +212,9 @@ def exchange_symbols(body: bytes) -> list[ExchangeSymbol]:
     return [entry for entry in info.symbols if is_symbol(entry.symbol)]
 
 
-def contract_sizes(body: bytes) -> dict[str, float]:
-    """COIN-M's exchangeInfo as symbol -> USD per contract (symbols without a size are left out)."""
-    return {entry.symbol: entry.contractSize for entry in exchange_symbols(body)
+def contract_sizes(symbols: list[ExchangeSymbol]) -> dict[str, float]:
+    """COIN-M's exchangeInfo symbols as symbol -> USD per contract (symbols without a size are left out)."""
+    return {entry.symbol: entry.contractSize for entry in symbols
             if entry.contractSize is not None and entry.contractSize > 0}
 
 
