@@ -401,7 +401,7 @@ class Runtime:
             engine = (f"Real-Time Mode, {settings.spark.realtime_batch_s:g} s batches" if settings.realtime
                       else f"micro-batches every {settings.spark.trigger_ms} ms")
             step("spark", f"starting Spark ({settings.spark_master}, {engine}) with the Kafka connector;"
-                          " the first start takes ~20 s")
+                          " its start takes several seconds")
             self._start_job(sinks)
         if plan.serve_health:
             self._serve_health()
