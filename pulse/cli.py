@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import shutil
 import socket
 import sys
@@ -26,6 +27,7 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from pulse.errors import PulseError, Unavailable, UsageError, first_line
+from pulse.model import TRADE_SYMBOL_PATTERN
 from pulse.settings import MarketName, PulseSettings, VenueName
 
 if TYPE_CHECKING:
@@ -92,8 +94,8 @@ def _build_parser() -> argparse.ArgumentParser:
                                parents=[common])
     live.add_argument("--symbols", default=None,
                       help="comma-separated symbols in the venue's names (Binance BTCUSDT,ETHUSDT; BTCUSDT_260327;"
-                           " BTCUSD_PERP on COIN-M; OKX BTC-USDT-SWAP; Coinbase BTC-USD), or 'all' for every"
-                           " trading symbol of a Binance market (default: settings, BTCUSDT)")
+                           " BTCUSD_PERP on COIN-M; OKX BTC-USDT-SWAP; Coinbase BTC-USD; Kraken BTC/USD), or 'all'"
+                           " for every trading symbol of a Binance market (default: settings, BTCUSDT)")
     live.add_argument("--market", choices=get_args(MarketName), default=None,
                       help="Binance market (default: settings, usdm = USD-M futures)")
     _venue_arguments(live, instruments=False)
@@ -208,17 +210,23 @@ def _line_kind(line: str) -> str:
     return "other"
 
 
-def _symbols_arg(value: str) -> list[str]:
+def _symbols_arg(value: str, venue: str | None) -> list[str]:
     from pulse.source.binance.wire import is_symbol  # noqa: PLC0415
 
     symbols = [part.strip().upper() for part in value.split(",") if part.strip()]
     if not symbols:
         raise UsageError("--symbols needs at least one symbol, e.g. BTCUSDT,ETHUSDT, or 'all'")
-    if symbols != ["ALL"]:
+    if symbols == ["ALL"]:
+        return symbols
+    if venue is None or venue.startswith("binance-"):
         wrong = [symbol for symbol in symbols if not is_symbol(symbol)]
         if wrong:
             raise UsageError(f"{', '.join(wrong)}: not spelled as Binance spells symbols"
                              " (A-Z 0-9 _ . -, e.g. BTCUSDT, BTCUSDT_260327, BTCUSD_PERP)")
+    # Other venues' names are checked by their own listing, if at all: here only what a trade may carry.
+    wrong = [symbol for symbol in symbols if not re.match(TRADE_SYMBOL_PATTERN, symbol)]
+    if wrong:
+        raise UsageError(f"{', '.join(wrong)}: not a symbol (A-Z 0-9 _ . - /, 1 to 20 long, e.g. BTC-USDT, BTC/USD)")
     return symbols
 
 
@@ -309,7 +317,7 @@ def _run_demo(args: argparse.Namespace, settings: PulseSettings) -> int:
 def _run_live(args: argparse.Namespace, settings: PulseSettings) -> int:
     settings = settings.override(producer={
         **_venue_options(args.venue, args.market),
-        **_given(symbols=_symbols_arg(args.symbols) if args.symbols is not None else None)})
+        **_given(symbols=_symbols_arg(args.symbols, args.venue) if args.symbols is not None else None)})
     kafka = settings.kafka.bootstrap_servers
     if kafka:
         _check_kafka(kafka)
@@ -348,7 +356,7 @@ def _run_produce(args: argparse.Namespace, settings: PulseSettings) -> int:
 
     settings = settings.override(
         producer={**_venue_options(args.venue, args.market),
-                  **_given(symbols=_symbols_arg(args.symbols) if args.symbols else None,
+                  **_given(symbols=_symbols_arg(args.symbols, args.venue) if args.symbols else None,
                            metrics_port=args.metrics_port)},
         kafka=_given(bootstrap_servers=args.bootstrap_servers))
     if args.source == "live" and settings.producer.symbols == ["ALL"]:

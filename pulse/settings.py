@@ -59,7 +59,7 @@ class KafkaSettings(BaseModel):
 MarketName = Literal["usdm", "spot", "coinm", "us"]
 # Every venue Pulse reads trades of (pulse.source.venues; docs/venues.md).
 VenueName = Literal["binance-usdm", "binance-spot", "binance-coinm", "binance-us", "okx", "coinbase",
-                    "bybit-linear", "bybit-spot"]
+                    "bybit-linear", "bybit-spot", "kraken"]
 # The JVMs' class-data archives (pulse.jvm): "use" maps them when present, "off" never does,
 # "write" is the warm-up run of `make setup` whose JVMs dump them at exit.
 ClassArchives = Literal["use", "off", "write"]

@@ -155,6 +155,14 @@ def validation_reason(error: msgspec.MsgspecError) -> str:
 P = TypeVar("P")
 
 
+def decoded_data(decoder: msgspec.json.Decoder[P], data: msgspec.Raw) -> P:
+    """A push's `data` (OKX, Bybit, Kraken), decoded by the venue's decoder; what is wrong, as InvalidFrame."""
+    try:
+        return decoder.decode(data)
+    except msgspec.ValidationError as error:
+        raise InvalidFrame(f"data: {validation_reason(error)}") from None
+
+
 def push_or_reply(push: msgspec.json.Decoder[P], reply: msgspec.json.Decoder[Any], raw: str | bytes, venue: str) -> P:
     """A venue's data push, decoded; its replies (subscribe acks, pongs) raise NotATrade, anything
     else InvalidFrame with what was wrong."""

@@ -20,6 +20,8 @@ from pulse.source.bybit.wire import BybitReader
 from pulse.source.coinbase import wire as coinbase
 from pulse.source.coinbase.wire import CoinbaseReader
 from pulse.source.contract import InvalidFrame, TradeReader
+from pulse.source.kraken import wire as kraken
+from pulse.source.kraken.wire import KrakenReader
 from pulse.source.okx import wire as okx
 from pulse.source.okx.wire import Instrument, OkxReader, parse_instruments
 
@@ -62,6 +64,8 @@ VENUES: dict[VenueName, Venue] = {v.name: v for v in (
           bybit.subscriptions, bybit.KEEPALIVE),
     Venue("bybit-spot", "Bybit spot", "wss://stream.bybit.com/v5/public/spot", "increasing", False,
           bybit.subscriptions, bybit.KEEPALIVE),
+    Venue("kraken", "Kraken", "wss://ws.kraken.com/v2", "consecutive", False, kraken.subscriptions,
+          kraken.KEEPALIVE),
 )}
 
 
@@ -81,6 +85,8 @@ def reader_for(venue: VenueName, default_symbol: str | None = None, instruments:
         return CoinbaseReader()
     if venue.startswith("bybit-"):
         return BybitReader(venue)
+    if venue == "kraken":
+        return KrakenReader()
     return BinanceReader(venue, default_symbol)
 
 

@@ -151,6 +151,11 @@ def test_symbols_binance_does_not_list(cwd):
     assert_one_line(pulse("live", "--symbols", "BTC/USDT", cwd=cwd), 2, "live", "not spelled as Binance spells")
 
 
+def test_symbols_of_other_venues_are_checked_against_what_a_trade_may_carry(cwd):
+    assert_one_line(pulse("live", "--venue", "kraken", "--symbols", "BTC/USD,BTC'USD", cwd=cwd), 2, "live",
+                    "BTC'USD: not a symbol (A-Z 0-9 _ . - /")
+
+
 def test_symbols_of_another_market(cwd):
     with double_in_thread([], market="coinm", listed={"BTCUSD_PERP": "TRADING"}) as double:
         env = {"PULSE_PRODUCER__REST_BASE_URL": double.rest_base_url, "PULSE_PRODUCER__WS_BASE_URL": double.ws_host_url}

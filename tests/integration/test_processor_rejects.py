@@ -31,7 +31,7 @@ def _without(field: str) -> dict[str, Any]:
 
 
 Message = dict[str, Any] | bytes | str | None
-SYMBOL_RULE = "field 'symbol' must be a symbol (A-Z 0-9 _ . -, 1 to 20 long)"
+SYMBOL_RULE = "field 'symbol' must be a symbol (A-Z 0-9 _ . - /, 1 to 20 long)"
 BAD: list[tuple[Message, str]] = [
     (b'{"schema_version": 1, "symbol": "REJUSDT", "price": 1', "value is not valid JSON"),
     (b"\x00\xffnot text", "value is not UTF-8 text (raw_value holds it as base64)"),

@@ -27,6 +27,7 @@ from tests.support.venue_reference import (
     bybit_tape,
     coinbase_tape,
     coinbase_trades,
+    kraken_tape,
     okx_trades,
     tape_trades,
     venue_recording,
@@ -86,16 +87,18 @@ def _coinm(folder: Path) -> tuple[Path, Path, list[RefTrade]]:
     return frames, info, trades
 
 
-@pytest.mark.parametrize("venue", ["bybit-linear", "bybit-spot", "coinbase", "binance-coinm"])
+@pytest.mark.parametrize("venue", ["bybit-linear", "bybit-spot", "coinbase", "binance-coinm", "kraken"])
 def test_pulse_demo_of_the_venues_without_a_recording_matches_the_reference(tmp_path, venue):
     """Bybit's linear UUID ids (open and close follow time), Bybit spot, Coinbase Advanced Trade's
-    `market_trades` (its snapshot trade sent again as an update counts once) and COIN-M contracts."""
+    `market_trades` (its snapshot trade sent again as an update counts once), COIN-M contracts, and
+    Kraken v2 (`BTC/USD` names, numbers for price and size, a snapshot trade and heartbeats)."""
     instruments: list[str] = []
     if venue == "binance-coinm":
         path, info, trades = _coinm(tmp_path)
         instruments = ["--instruments", str(info)]
     else:
         tape = (coinbase_tape(venue_recording(COINBASE)) if venue == "coinbase"
+                else kraken_tape(venue_recording(COINBASE)) if venue == "kraken"
                 else bybit_tape(recording(SPOT_RAW), {"BTCUSDT", "DOTUSDT"}, uuids=venue == "bybit-linear"))
         path = tmp_path / f"{venue}.raw"
         write_recording(venue, tape, path)

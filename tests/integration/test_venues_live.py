@@ -46,6 +46,7 @@ from tests.support.venue_reference import (
     binance_us_trades,
     bybit_tape,
     coinbase_tape,
+    kraken_tape,
     okx_instruments_replies,
     okx_tape,
     okx_trades,
@@ -78,6 +79,8 @@ async def _stream(base: PulseSettings, bootstrap: str, venue: str, tape: list[Ta
             await wait_until(lambda: service.router.trades >= want, 30, f"{want} trades")
             if venue != "coinbase":
                 await wait_until(lambda: double.pings > 0, 10, "a keep-alive ping")
+            if venue == "kraken":
+                await wait_until(lambda: double.heartbeats > 0, 10, "a heartbeat")
             metrics = await scraped(service)
         trades = await consume_all(bootstrap, settings.kafka.trades_topic)
         gaps = await consume_all(bootstrap, settings.kafka.gaps_topic)
@@ -147,6 +150,30 @@ def test_coinbase_counts_snapshot_trades_once_and_reports_skipped_ids_as_a_gap(k
     assert (gap["symbol"], gap["first_missing_id"], gap["last_missing_id"]) == (product, missing, missing)
 
 
+def test_kraken_streams_every_trade_once_skips_heartbeats_and_reports_skipped_ids(kafka, base_settings):
+    """Kraken v2: one subscription without the snapshot, an acknowledgement per symbol, heartbeats and
+    pongs skipped, the taker's side, `BTC/USD`-style names split on the slash, and an id the double
+    skipped reported as a gap (trade ids run per book)."""
+    tape = kraken_tape(venue_recording(COINBASE))
+    counts = Counter(t.symbol for t in tape)
+    pair = max(counts, key=lambda s: counts[s])
+    ids = sorted(int(t.trade_id) for t in tape if t.symbol == pair)
+    skipped = frozenset({(pair, str(ids[len(ids) // 2]))})
+    result = asyncio.run(_stream(base_settings, kafka.bootstrap, "kraken", tape, skipped))
+    trades, double = result["trades"], result["double"]
+    assert _got(trades) == _expected(tape, skipped)
+    assert {(t["venue"], t["symbol"].split("/")[0], t["symbol"].split("/")[1]) for t in trades} == {
+        ("kraken", t["base_asset"], t["quote_asset"]) for t in trades}
+    (message,) = double.subscribe_messages
+    assert message == {"method": "subscribe", "params": {"channel": "trade", "symbol": sorted(counts),
+                                                         "snapshot": False}}
+    assert double.pings > 0 and double.heartbeats > 0
+    assert result["metrics"]["frames_skipped"] >= len(counts) + 1, "the acks and the status, never dead letters"
+    (gap,) = result["gaps"]
+    missing = int(next(iter(skipped))[1])
+    assert (gap["symbol"], gap["first_missing_id"], gap["last_missing_id"]) == (pair, missing, missing)
+
+
 def test_a_refused_handshake_is_the_venues_own_line_and_ends_a_run(base_settings):
     async def scenario() -> str:
         async with VenueDouble("coinbase", []) as double:
@@ -180,6 +207,8 @@ def _terminal_double(venue: str) -> Iterator[tuple[list[RefTrade], str, dict[str
         tape, title = okx_tape(venue_recording(OKX), spot_only=True), "OKX"
     elif venue == "coinbase":
         tape, title = coinbase_tape(venue_recording(COINBASE)), "Coinbase"
+    elif venue == "kraken":
+        tape, title = kraken_tape(venue_recording(COINBASE)), "Kraken"
     else:  # Bybit: real Binance trades, with linear contracts' UUID ids or spot's digits
         linear = venue == "bybit-linear"
         tape = bybit_tape(recording(SPOT_RAW), {"DOTUSDT"} if linear else {"ETHUSDT"}, uuids=linear)
@@ -210,8 +239,8 @@ def _binance_tape(venue: str) -> tuple[list[dict[str, Any]], list[RefTrade], str
     return payloads, trades, title
 
 
-@pytest.mark.parametrize("venue", ["okx", "coinbase", "bybit-linear", "bybit-spot", "binance-us", "binance-spot",
-                                   "binance-coinm"])
+@pytest.mark.parametrize("venue", ["okx", "coinbase", "bybit-linear", "bybit-spot", "kraken", "binance-us",
+                                   "binance-spot", "binance-coinm"])
 def test_pulse_live_on_each_venue_in_a_terminal_stores_every_window_of_the_tape(tmp_path, venue):
     """`pulse live --venue V` as a user runs it, in a pty, against the venue's double: the dashboard
     counts the tape's windows, Ctrl-C ends it with exit 0, and `pulse sql` finds exactly the reference's."""

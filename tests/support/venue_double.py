@@ -1,7 +1,9 @@
-"""Local doubles of OKX v5, Coinbase Advanced Trade and Bybit v5 public websockets, each speaking its
-protocol as documented: subscribe by message and get the venue's acknowledgement, pings answered
-(OKX's text "ping" -> "pong", Bybit's `{"op":"ping"}`), Coinbase's heartbeats channel, a snapshot
-of recent trades on subscribe (Coinbase), handshakes refused with an HTTP status on request.
+"""Local doubles of OKX v5, Coinbase Advanced Trade, Bybit v5 and Kraken v2 public websockets, each
+speaking its protocol as documented: subscribe by message and get the venue's acknowledgement (Kraken:
+one per symbol, after its `status` greeting), pings answered (OKX's text "ping" -> "pong", Bybit's
+`{"op":"ping"}`, Kraken's `{"method":"ping"}`), Coinbase's heartbeats channel and Kraken's heartbeat,
+a snapshot of recent trades on subscribe (Coinbase; Kraken when asked), handshakes refused with an
+HTTP status on request.
 
 The trades are a tape of (symbol, trade) in time order, played at `frames_per_s` to the connections
 subscribed to their symbol, each as the venue frames it. Imports nothing from `pulse`.
@@ -26,7 +28,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-VenueKind = Literal["okx", "coinbase", "bybit-linear", "bybit-spot"]
+VenueKind = Literal["okx", "coinbase", "bybit-linear", "bybit-spot", "kraken"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,12 @@ def venue_frame(venue: VenueKind, trades: list[TapeTrade], snapshot: bool = Fals
                                                                  "trades": [
             {"trade_id": t.trade_id, "product_id": t.symbol, "price": t.price, "size": t.size,
              "side": "SELL" if t.taker_buys else "BUY", "time": _iso(t.time_ms)} for t in trades]}]})
+    if venue == "kraken":
+        # Numbers, not strings; `side` is the taker's.
+        return json.dumps({"channel": "trade", "type": "snapshot" if snapshot else "update", "data": [
+            {"symbol": t.symbol, "side": "buy" if t.taker_buys else "sell", "price": float(t.price),
+             "qty": float(t.size), "ord_type": "market" if t.taker_buys else "limit", "trade_id": int(t.trade_id),
+             "timestamp": _iso(t.time_ms)} for t in trades]})
     symbol = trades[0].symbol
     return json.dumps({"topic": f"publicTrade.{symbol}", "type": "snapshot", "ts": trades[-1].time_ms + 3,
                        "data": [{"T": t.time_ms, "s": t.symbol, "S": "Buy" if t.taker_buys else "Sell",
@@ -69,11 +77,13 @@ def write_recording(venue: VenueKind, tape: list[TapeTrade], path: Path, per_fra
     venue's subscription answer, a Coinbase snapshot of the first trades (sent again as updates, so
     they must count once), then frames of up to `per_frame` trades of one symbol each."""
     ack = ({"success": True, "ret_msg": "", "conn_id": "double", "req_id": "", "op": "subscribe"}
-           if venue.startswith("bybit") else {"channel": "subscriptions", "client_id": "", "timestamp": _iso(0),
-                                              "sequence_num": 0, "events": []})
+           if venue.startswith("bybit") else _kraken_ack(tape[0].symbol, False) if venue == "kraken"
+           else {"channel": "subscriptions", "client_id": "", "timestamp": _iso(0), "sequence_num": 0, "events": []})
     lines = [f"{tape[0].time_ms / 1000:.3f}: {json.dumps(ack)}"]
-    if venue == "coinbase":
+    if venue in ("coinbase", "kraken"):
         lines.append(f"{tape[0].time_ms / 1000:.3f}: {venue_frame(venue, tape[:1], snapshot=True)}")
+    if venue == "kraken":
+        lines.append(f"{tape[0].time_ms / 1000:.3f}: {json.dumps(KRAKEN_HEARTBEAT)}")
     pending: list[TapeTrade] = []
     for trade in tape:
         if pending and (trade.symbol != pending[0].symbol or len(pending) == per_frame):
@@ -82,6 +92,16 @@ def write_recording(venue: VenueKind, tape: list[TapeTrade], path: Path, per_fra
         pending.append(trade)
     lines.append(f"{pending[-1].time_ms / 1000 + 0.004:.3f}: {venue_frame(venue, pending, False, len(lines))}")
     path.write_text("\n".join(lines) + "\n")
+
+
+KRAKEN_HEARTBEAT = {"channel": "heartbeat"}
+KRAKEN_STATUS = {"channel": "status", "type": "update", "data": [
+    {"api_version": "v2", "connection_id": 12345678901234567890, "system": "online", "version": "2.0.0"}]}
+
+
+def _kraken_ack(symbol: str, snapshot: bool) -> dict[str, Any]:
+    return {"method": "subscribe", "result": {"channel": "trade", "snapshot": snapshot, "symbol": symbol},
+            "success": True, "time_in": _iso(0), "time_out": _iso(0)}
 
 
 class VenueDouble:
@@ -95,7 +115,7 @@ class VenueDouble:
         self.rest_port = 0
         self.tape = tape
         self.frames_per_s = frames_per_s
-        self.snapshot = snapshot  # Coinbase: recent trades sent on subscribe (played again later)
+        self.snapshot = snapshot  # Coinbase (Kraken when asked): recent trades sent on subscribe
         self.refuse_ws_with: int | None = None
         self.withheld: set[tuple[str, str]] = set()
         self.subscribed: dict[ServerConnection, set[str]] = {}
@@ -162,6 +182,10 @@ class VenueDouble:
             await connection.send("pong")
             return
         message = json.loads(text)
+        if self.venue == "kraken" and message.get("method") == "ping":
+            self.pings += 1
+            await connection.send(json.dumps({"method": "pong", "time_in": _iso(0), "time_out": _iso(0)}))
+            return
         if self.venue.startswith("bybit") and message.get("op") == "ping":
             self.pings += 1
             await connection.send(json.dumps({"success": True, "ret_msg": "pong", "conn_id": "double",
@@ -183,6 +207,14 @@ class VenueDouble:
             await connection.send(json.dumps({"channel": "subscriptions", "client_id": "", "timestamp": _iso(0),
                                               "sequence_num": 0, "events": [{"subscriptions": {
                                                   channel: message.get("product_ids", [])}}]}))
+        elif self.venue == "kraken":
+            params = message["params"]
+            for symbol in params["symbol"]:
+                symbols.add(symbol)
+                await connection.send(json.dumps(_kraken_ack(symbol, params.get("snapshot", False))))
+                recent = [t for t in self.tape[: self.cursor] if t.symbol == symbol][-self.snapshot:]
+                if params.get("snapshot", False) and recent:
+                    await connection.send(self._frame(recent, snapshot=True))
         else:
             symbols.update(topic.removeprefix("publicTrade.") for topic in message["args"])
             await connection.send(json.dumps({"success": True, "ret_msg": "", "conn_id": "double", "req_id": "",
@@ -192,6 +224,8 @@ class VenueDouble:
     async def _serve(self, connection: ServerConnection) -> None:
         self.connections += 1
         try:
+            if self.venue == "kraken":  # Kraken greets every connection with its status
+                await connection.send(json.dumps(KRAKEN_STATUS))
             async for text in connection:
                 await self._on_message(connection, str(text))
         except ConnectionClosed:
@@ -217,11 +251,11 @@ class VenueDouble:
                         with contextlib.suppress(ConnectionClosed):
                             await connection.send(self._frame(trades))
             beat += 1
-            if self.venue == "coinbase" and beat % 50 == 0:
+            if self.venue in ("coinbase", "kraken") and beat % 50 == 0:
                 await self._heartbeat()
             await asyncio.sleep(tick_s)
         self.finished.set()
-        while self.venue == "coinbase":
+        while self.venue in ("coinbase", "kraken"):
             await self._heartbeat()
             await asyncio.sleep(0.5)
 
@@ -229,6 +263,9 @@ class VenueDouble:
         self.heartbeats += 1
         for connection in list(self.subscribed):
             with contextlib.suppress(ConnectionClosed):
+                if self.venue == "kraken":
+                    await connection.send(json.dumps(KRAKEN_HEARTBEAT))
+                    continue
                 beat = {"current_time": _iso(0), "heartbeat_counter": self.heartbeats}
                 await connection.send(json.dumps({"channel": "heartbeats", "client_id": "", "timestamp": _iso(0),
                                                   "sequence_num": self.heartbeats, "events": [beat]}))

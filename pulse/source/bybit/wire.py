@@ -23,18 +23,17 @@ import msgspec
 
 from pulse.model import Trade
 from pulse.source.contract import (
-    InvalidFrame,
     NotATrade,
     PositiveDecimal,
     Symbol,
     TradeTime,
     check_not_ahead,
+    decoded_data,
     guarded,
     numeric_id,
     positive_double,
     push_or_reply,
     split_glued,
-    validation_reason,
 )
 
 
@@ -75,10 +74,7 @@ class BybitReader:
         push = push_or_reply(_push, _reply, raw, "Bybit")
         if not push.topic.startswith("publicTrade."):
             raise NotATrade(push.topic)
-        try:
-            wires = _trades.decode(push.data)
-        except msgspec.ValidationError as error:
-            raise InvalidFrame(f"data: {validation_reason(error)}") from None
+        wires = decoded_data(_trades, push.data)
         return [self._convert(wire, push.ts, received_ms) for wire in wires]
 
     def _convert(self, wire: BybitTrade, event_ms: int, received_ms: int) -> Trade:

@@ -30,6 +30,7 @@ from pulse.source.contract import (
     NotATrade,
     PositiveDecimal,
     check_not_ahead,
+    decoded_data,
     guarded,
     numeric_id,
     positive_double,
@@ -147,10 +148,7 @@ class OkxReader:
         push = push_or_reply(_push, _event, raw, "OKX")
         if push.arg.channel != "trades":
             raise NotATrade(push.arg.channel)
-        try:
-            wires = _trades.decode(push.data)
-        except msgspec.ValidationError as error:
-            raise InvalidFrame(f"data: {validation_reason(error)}") from None
+        wires = decoded_data(_trades, push.data)
         return [self._convert(wire, received_ms) for wire in wires]
 
     def _convert(self, wire: OkxTrade, received_ms: int) -> Trade:

@@ -13,6 +13,7 @@ from pulse.model import encode_trade
 from pulse.source.bybit.wire import BybitReader
 from pulse.source.coinbase.wire import CoinbaseReader
 from pulse.source.contract import InvalidFrame, NotATrade, iso_ms, numeric_id, split_dashed, split_glued
+from pulse.source.kraken.wire import KrakenReader
 from pulse.source.okx.wire import Instrument, OkxReader
 from pulse.source.replay import ReplaySource
 from pulse.source.venues import VENUE_NAMES, VENUES, reader_for
@@ -156,6 +157,57 @@ def test_bybit_public_trade_side_is_the_takers_and_replies_are_skipped():
         BybitReader("bybit-spot").trades('{"success":true,"ret_msg":"pong","conn_id":"x","op":"ping"}', RECEIVED)
     with pytest.raises(NotATrade):
         BybitReader("bybit-spot").trades('{"topic":"orderbook.50.BTCUSDT","ts":1,"data":{}}', RECEIVED)
+
+
+# -- Kraken v2: side is the taker's, numbers for price and size ------------------------------------
+
+KRAKEN_TRADE = {"symbol": "BTC/USD", "side": "sell", "price": 26617.4, "qty": 0.00373, "ord_type": "market",
+                "trade_id": 69876211, "timestamp": "2023-09-25T07:49:37.708706Z"}
+
+
+def _kraken(*trades: dict[str, object], kind: str = "update") -> str:
+    return json.dumps({"channel": "trade", "type": kind, "data": list(trades)})
+
+
+def test_kraken_trade_side_is_the_takers_and_the_symbol_splits_on_its_slash():
+    sell, buy = KrakenReader().trades(_kraken(KRAKEN_TRADE, {**KRAKEN_TRADE, "side": "buy", "trade_id": 69876212,
+                                                             "price": 26618, "qty": 2}), 1_695_628_178_000)
+    assert (sell.side, buy.side) == ("SELL", "BUY")
+    assert (sell.symbol, sell.venue, sell.base, sell.quote) == ("BTC/USD", "kraken", "BTC", "USD")
+    assert (sell.price, sell.quantity, sell.agg_trade_id, sell.trade_time_ms) == (
+        26617.4, 0.00373, 69876211, 1_695_628_177_708)
+    assert (buy.price, buy.quantity) == (26618.0, 2.0)  # JSON integers are numbers too
+    (snapshot,) = KrakenReader().trades(_kraken(KRAKEN_TRADE, kind="snapshot"), 1_695_628_178_000)
+    assert snapshot == sell
+
+
+@pytest.mark.parametrize("frame", [
+    '{"channel":"heartbeat"}',
+    '{"channel":"status","type":"update","data":[{"api_version":"v2","system":"online","version":"2.0.0"}]}',
+    '{"method":"subscribe","result":{"channel":"trade","snapshot":false,"symbol":"BTC/USD"},"success":true,'
+    '"time_in":"2023-09-25T07:49:37.708706Z","time_out":"2023-09-25T07:49:37.708906Z"}',
+    '{"method":"pong","time_in":"2023-09-25T07:49:37.708706Z","time_out":"2023-09-25T07:49:37.708906Z"}',
+])
+def test_kraken_heartbeats_status_and_replies_are_skipped(frame):
+    with pytest.raises(NotATrade):
+        KrakenReader().trades(frame, RECEIVED)
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"price": "26617.4"}, "price"),  # a string where Kraken sends a number
+    ({"qty": 0}, "qty"),
+    ({"price": "1e999"}, "price"),  # written bare below: a JSON number no double holds
+    ({"symbol": "BTCUSD"}, "symbol"),
+    ({"symbol": "btc/usd"}, "symbol"),
+    ({"side": "BUY"}, "side"),
+    ({"trade_id": -1}, "trade_id"),
+    ({"timestamp": "2023-09-25 07:49:37"}, "timestamp"),
+    ({"timestamp": "2016-12-31T23:59:59.999Z"}, "2017"),
+])
+def test_kraken_broken_trades_are_refused_with_the_field(change, reason):
+    frame = _kraken({**KRAKEN_TRADE, **change}).replace('"1e999"', "1e999")
+    with pytest.raises(InvalidFrame, match=reason):
+        KrakenReader().trades(frame, 1_695_628_178_000)
 
 
 def test_the_trade_message_carries_venue_asset_quote_and_the_venues_quantity():

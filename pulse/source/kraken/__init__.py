@@ -1,0 +1,1 @@
+"""kraken trades: wire structs and the conversion to the domain record."""
