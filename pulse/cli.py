@@ -223,6 +223,7 @@ def _symbols_arg(value: str, venue: str | None) -> list[str]:
         if wrong:
             raise UsageError(f"{', '.join(wrong)}: not spelled as Binance spells symbols"
                              " (A-Z 0-9 _ . -, e.g. BTCUSDT, BTCUSDT_260327, BTCUSD_PERP)")
+        return symbols  # Binance's spelling is narrower than what a trade may carry
     # Other venues' names are checked by their own listing, if at all: here only what a trade may carry.
     wrong = [symbol for symbol in symbols if not re.match(TRADE_SYMBOL_PATTERN, symbol)]
     if wrong:

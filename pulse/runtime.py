@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pulse.broker.local_kafka import LocalKafkaBroker, end_offsets, ensure_topics, log_start_offsets
-from pulse.compute.progress import IdleTracker, behind_retention, caught_up, checkpoint_offsets, reached
+from pulse.compute.progress import IdleTracker, behind_retention, caught_up, checkpoint_offsets, reached, unread
 from pulse.errors import PulseError
 from pulse.producer import ProducerService
 from pulse.settings import PulseSettings
@@ -112,7 +112,7 @@ class SourceEnded:
 
 @dataclass(frozen=True)
 class Draining:
-    """The source stopped; the job is given time to store what it published."""
+    """The job is given time to store what waits: the source stopped, or a backlog is caught up."""
 
     text: str
 
@@ -456,20 +456,33 @@ class Runtime:
         # A session that was already running (tests, a notebook kernel) is shared, not ours to stop.
         parts.owns_spark = SparkContext._active_spark_context is None
         parts.spark = build_spark_session(settings)
-        catch_up = settings.realtime and self._checkpoint_behind_retention()
-        if catch_up:
-            self._emit(Draining("retention deleted trades the checkpoint had yet to read: catching up in"
-                                " micro-batches (the loss is counted in pulse_health), then Real-Time Mode"))
-        parts.queries = start_queries(parts.spark, settings, parts.bootstrap, sinks, catch_up)
+        catch_up = self._catch_up() if settings.realtime else None
+        if catch_up is not None:
+            self._emit(Draining(catch_up))
+        parts.queries = start_queries(parts.spark, settings, parts.bootstrap, sinks, catch_up is not None)
 
-    def _checkpoint_behind_retention(self) -> bool:
+    def _catch_up(self) -> str | None:
+        """Why a Real-Time Mode job first reads what waits in the topic as micro-batches, if it must.
+
+        Real-Time Mode reads each partition at its own pace, but its watermark is one for the query:
+        the newest trade of the partition read furthest. Over a backlog (a restart after downtime, a
+        topic filled before the job) a partition reached later would fall behind it, and its trades
+        would be dropped as late. A micro-batch plans every partition's end at once and keeps one
+        watermark for the whole batch. Retention deleting unread offsets needs micro-batches too."""
         topic = self.settings.kafka.trades_topic
         queries = ("pulse_metrics", "pulse_rejects")  # the job's query names, each with its checkpoint folder
         resume = [checkpoint_offsets(self.settings.checkpoint_dir / query) for query in queries]
-        if not any(resume):
-            return False
         log_start: dict[int, int] = call(functools.partial(log_start_offsets, self.bootstrap, topic))
-        return any(behind_retention(offsets, log_start, topic) for offsets in resume)
+        if any(behind_retention(offsets, log_start, topic) for offsets in resume):
+            return ("retention deleted trades the checkpoint had yet to read: catching up in micro-batches"
+                    " (the loss is counted in pulse_health), then Real-Time Mode")
+        ends: dict[int, int] = call(functools.partial(end_offsets, self.bootstrap, topic))
+        fresh = log_start if self.settings.spark.starting_offsets == "earliest" else ends
+        waiting = max(unread(offsets, fresh, ends, topic) for offsets in resume)
+        if not waiting:
+            return None
+        return (f"{waiting:,} trades wait in {topic}: reading them in micro-batches first (one watermark for"
+                " every partition, so none falls behind it), then Real-Time Mode")
 
     def _serve_health(self) -> None:
         """The job's /health and /metrics (with the writer's, when it runs here), or the writer's alone."""

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from py4j.protocol import Py4JJavaError
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
@@ -155,10 +156,19 @@ class HealthListener:
         self._jlistener = jvm.org.apache.spark.sql.streaming.PythonStreamingQueryListenerWrapper(_JsonEvents(self))
         spark._jsparkSession.streams().addListener(self._jlistener)
 
-    def detach(self, spark: SparkSession) -> None:
-        if self._jlistener is not None:
-            spark._jsparkSession.streams().removeListener(self._jlistener)
-            self._jlistener = None
+    def detach(self, spark: SparkSession, drain_s: float = 60.0) -> None:
+        """Once the queries stopped: the reports already posted are written first. Spark delivers
+        them on its listener thread, the last batches' ones (and the late-trade count, a Spark read
+        of its own) often after `stop()` returned; removing the listener earlier drops their rows."""
+        if self._jlistener is None:
+            return
+        try:
+            spark.sparkContext._jsc.sc().listenerBus().waitUntilEmpty(int(drain_s * 1000))
+        except Py4JJavaError as error:  # the JVM's TimeoutException
+            log.warning("pulse_health rows of the last batches may be missing: Spark's listener did not"
+                        f" drain within {drain_s:g} s", extra={"error": repr(error)})
+        spark._jsparkSession.streams().removeListener(self._jlistener)
+        self._jlistener = None
 
     def on_idle(self, query_id: str) -> None:
         if query_id in self.query_ids:
@@ -268,6 +278,19 @@ def _configure(spark: SparkSession, settings: PulseSettings) -> None:
     spark.conf.set("spark.sql.streaming.stateStore.providerClass", _STATE_STORES[job.state_store_provider])
     spark.conf.set("spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled",
                    str(job.state_store_provider == "rocksdb").lower())
+    # Micro-batch mode keeps Spark's defaults for the next two: a shared session (a notebook, the
+    # tests) may run both modes.
+    if settings.realtime:
+        # Real-Time Mode resumes only checkpoints of state format v2 (RocksDB's); so must the
+        # micro-batches that catch a backlog up before it (start_queries), on a fresh checkpoint too.
+        spark.conf.set("spark.sql.streaming.stateStore.checkpointFormatVersion", "2")
+        # A job killed in its first Real-Time Mode batch leaves state metadata and an empty offset
+        # log; the catch-up's first micro-batch would take that for a folder another query uses.
+        # Pulse gives each query a folder of its own (checkpoint_dir / query name).
+        spark.conf.set("spark.sql.streaming.verifyCheckpointDirectoryEmptyOnStart", "false")
+    else:
+        spark.conf.unset("spark.sql.streaming.stateStore.checkpointFormatVersion")
+        spark.conf.unset("spark.sql.streaming.verifyCheckpointDirectoryEmptyOnStart")
 
 
 @contextlib.contextmanager
@@ -307,10 +330,12 @@ def start_queries(spark: SparkSession, settings: PulseSettings, bootstrap: str, 
                   catch_up: bool = False) -> PulseQueries:
     """Start the metrics and rejects queries; they run until stopped.
 
-    `catch_up` (Real-Time Mode, when retention deleted offsets the checkpoint has yet to read): the
-    same queries first run as micro-batches over what the topic holds, then in Real-Time Mode. The
-    Real-Time Mode reader fails on a deleted offset whatever failOnDataLoss says (Spark 4.3 with the
-    4.2.0 connector); a micro-batch skips the deleted range and its progress counts it.
+    `catch_up` (Real-Time Mode, when trades wait in the topic): the same queries first run as
+    micro-batches over what the topic holds, then in Real-Time Mode on the same checkpoints. A
+    micro-batch keeps one watermark for all partitions it reads (Real-Time Mode would drop the trades
+    of a partition it reaches late, `Runtime._catch_up`); and the Real-Time Mode reader fails on a
+    deleted offset whatever failOnDataLoss says (Spark 4.3 with the 4.2.0 connector), where a
+    micro-batch skips the deleted range and its progress counts it.
     """
     _configure(spark, settings)
     checkpoints = settings.checkpoint_dir

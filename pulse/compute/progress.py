@@ -66,6 +66,15 @@ def behind_retention(resume_at: Mapping[str, Mapping[str, int]], log_start: Mapp
                for partition, offset in resume_at.get(topic, {}).items())
 
 
+def unread(resume_at: Mapping[str, Mapping[str, int]], fresh_start: Mapping[int, int], ends: Mapping[int, int],
+           topic: str) -> int:
+    """Records of `topic` a query has yet to read: from where its checkpoint resumes, or from
+    `fresh_start` (where a query without a checkpoint begins) in partitions it has not read yet."""
+    resumed = {int(partition): int(offset) for partition, offset in resume_at.get(topic, {}).items()}
+    return sum(max(0, end - resumed.get(partition, fresh_start.get(partition, end)))
+               for partition, end in ends.items())
+
+
 def reached(progress: Mapping[str, Any] | None, end_offsets: Mapping[str, Mapping[int, int]]) -> bool:
     """Whether a query's last completed batch (its `lastProgress`) ends at or beyond `end_offsets`."""
     if not progress:

@@ -25,6 +25,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from pulse.broker.local_kafka import end_offsets
+from pulse.runtime import Plan, Runtime, Until
 from tests.support.pipeline import process_topic, publish_recording
 from tests.support.processor_process import (
     METRIC_COLUMNS,
@@ -75,6 +76,14 @@ def _run_until_idle(data_dir: Path, bootstrap: str, topic: str, log: Path, env: 
             os.killpg(process.pid, signal.SIGKILL)
 
 
+def _wait_for_line(process: subprocess.Popen[bytes], log: Path, line: str, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while line not in log.read_text():
+        assert process.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"no {line!r} in the log within {timeout_s:g} s"
+        time.sleep(0.2)
+
+
 def _kill_when(process: subprocess.Popen[bytes], ready: Callable[[], bool], log: Path,
                outcome: dict[str, object]) -> None:
     """SIGKILL the process group (the driver and its Spark JVM, no shutdown) once `ready()`."""
@@ -110,9 +119,6 @@ def _assert_same_windows(actual: list[dict[str, Any]], expected: list[dict[str, 
 def test_kill_minus_nine_of_the_job_and_restart_equals_an_uninterrupted_run(
         mode, kafka, spark, database, settings, tmp_path):
     topic = settings.kafka.trades_topic
-    published = publish_recording(settings, recording(ARCHIVE_CSV), "BTCUSDT")
-    write_messages(kafka.bootstrap, topic, [b"{broken", b'{"schema_version": 9}'], partition=2)
-
     data_dir = tmp_path / "crashing"
     data_dir.mkdir()
     log = tmp_path / "process.log"
@@ -134,10 +140,17 @@ def test_kill_minus_nine_of_the_job_and_restart_equals_an_uninterrupted_run(
             return _batches(checkpoint, "commits") >= 2 and _batches(checkpoint, "offsets") > _batches(
                 checkpoint, "commits")
 
-    # The crashing run starts first: its Spark starts up while this process runs the reference.
+    # The crashing run starts first: its Spark starts up while this process runs the reference. In
+    # Real-Time Mode the trades come once it streams: a backlog found at the start is read in
+    # micro-batches first (tests/integration/test_processor_backlog.py), and no Real-Time Mode batch
+    # would be left to kill.
+    crashing = start_process(data_dir, kafka.bootstrap, topic, log, **env)
+    if mode == "realtime":
+        _wait_for_line(crashing, log, "processing ")
+    published = publish_recording(settings, recording(ARCHIVE_CSV), "BTCUSDT")
+    write_messages(kafka.bootstrap, topic, [b"{broken", b'{"schema_version": 9}'], partition=2)
     outcome: dict[str, object] = {}
-    killer = threading.Thread(target=_kill_when, args=(start_process(data_dir, kafka.bootstrap, topic, log, **env),
-                                                       ready, log, outcome))
+    killer = threading.Thread(target=_kill_when, args=(crashing, ready, log, outcome))
     killer.start()
 
     process_topic(uninterrupted)
@@ -178,9 +191,11 @@ def test_kill_minus_nine_of_the_store_writer_and_restart_equals_an_uninterrupted
     # The output topics `pulse store` reads (tests.support.processor_process names them).
     outputs = {"metrics_topic": f"{topic}.metrics", "rejects_topic": f"{topic}.rejects"}
     job = settings.override(kafka=outputs, writer={"in_process": False})
-    published = publish_recording(job, recording(ARCHIVE_CSV), "BTCUSDT")
-    write_messages(kafka.bootstrap, topic, [b"{broken"], partition=1)
-    process_topic(job)
+    # The trades come while the job streams (a backlog would be read in micro-batches first).
+    with Runtime(Plan(job, compute=True)).start() as run:
+        published = publish_recording(job, recording(ARCHIVE_CSV), "BTCUSDT")
+        write_messages(kafka.bootstrap, topic, [b"{broken"], partition=1)
+        assert run.wait(Until.CAUGHT_UP, timeout_s=180) == Until.CAUGHT_UP
     updates = _output_end(kafka.bootstrap, outputs["metrics_topic"])
     assert updates >= published, "Real-Time Mode emits an update per trade"
 

@@ -184,9 +184,6 @@ def test_worker_lost_mid_stream_the_job_waits_visibly_recovers_and_a_restart_sta
     _restart_with_more_data(kafka, base_settings, topics, data_dir, log, env, spot)
 
 
-@pytest.mark.xfail(strict=False, reason="open defect, seen once in three runs (2026-12-04): after the restart two "
-                   "windows of the recording were missing from the table; cause not found yet (the RTM replay of the "
-                   "failed batch, or --until-idle ending before the writer inserted the last updates)")
 def test_worker_lost_under_real_time_mode_the_job_stops_with_one_line_and_a_restart_stays_exact(
         kafka, base_settings, standalone, tmp_path):
     """Real-Time Mode does not retry its long-running tasks, so a lost worker fails the query.

@@ -448,6 +448,7 @@ def command_reach(image: str) -> Reach:
 NEVER_RUN = {
     "producer": {
         "pyspark": "Spark starts only for the job (`pulse process`, demo, notebook), never for `pulse produce`",
+        "py4j": "pyspark's bridge to the JVM, reached only with Spark (the line above)",
         "clickhouse_connect": "the producer writes to Kafka only and never opens a ClickHouse store",
         "chdb": "the producer writes to Kafka only and never opens a ClickHouse store",
     },

@@ -1,11 +1,11 @@
-"""Where a checkpoint resumes, and whether retention deleted what it has yet to read."""
+"""Where a checkpoint resumes, what it has yet to read, and whether retention deleted some of it."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from pulse.compute.progress import behind_retention, checkpoint_offsets
+from pulse.compute.progress import behind_retention, checkpoint_offsets, unread
 
 
 def _offset_log(checkpoint: Path, batch: int, offsets: dict[str, dict[str, int]]) -> None:
@@ -29,3 +29,15 @@ def test_behind_retention_only_when_an_unread_offset_was_deleted() -> None:
     assert behind_retention(resume, {0: 32, 1: 0}, "trades")
     assert behind_retention(resume, {0: 0, 1: 4}, "trades")
     assert not behind_retention(resume, {0: 99}, "other")
+
+
+def test_unread_counts_from_the_checkpoint_else_from_where_a_new_query_starts() -> None:
+    ends = {0: 50, 1: 7, 2: 0}
+    # No checkpoint: from the oldest offsets (earliest), or nothing (latest: the ends themselves).
+    assert unread({}, {0: 10, 1: 0, 2: 0}, ends, "trades") == 40 + 7
+    assert unread({}, ends, ends, "trades") == 0
+    # A checkpoint: from its offsets; a partition it never read (added since) from the fresh start.
+    assert unread({"trades": {"0": 45, "1": 7}}, {0: 10, 1: 0, 2: 0}, {**ends, 2: 4}, "trades") == 5 + 0 + 4
+    # Another topic's offsets say nothing about this one; a checkpoint ahead of the end is not negative.
+    assert unread({"other": {"0": 45}}, ends, ends, "trades") == 0
+    assert unread({"trades": {"0": 60}}, {0: 0}, {0: 50}, "trades") == 0
