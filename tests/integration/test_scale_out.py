@@ -194,7 +194,7 @@ def test_worker_lost_under_real_time_mode_the_job_stops_with_one_line_and_a_rest
 
     When the worker goes while a batch's tasks wait to be launched, Spark neither fails the query
     nor runs them (seen once in five runs, 2026-12-04): then /health turns 503 as progress goes
-    stale, which is what the stack's healthcheck acts on; the test stops it as a supervisor would."""
+    stale, which the stack's healthcheck reports; the test stops it as a liveness probe would."""
     topics = fresh_topics(kafka.bootstrap)
     spot = recording(SPOT_RAW)
     checkpoints = tmp_path / "shared" / "checkpoints"
