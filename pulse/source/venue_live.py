@@ -7,8 +7,10 @@ the 24 h rotation with overlap, refusals counted and named); what differs is dat
 (OKX's text "ping", Bybit's `{"op":"ping"}`; Coinbase's heartbeats channel is a subscription).
 Frames go through the venue's reader; trades a venue repeats (a snapshot on every subscribe, the
 overlap of a rotation) pass once per (symbol, id). Where the venue promises consecutive ids
-(Coinbase's `trade_id` per product), a skipped id range becomes a gap event: none of them has a
-public REST fill Pulse uses, so the gap is reported, not filled (docs/venues.md).
+(Coinbase's `trade_id` per product, Kraken's per book) they are sequenced as Binance's are: a
+skipped id holds the symbol's later trades back while Coinbase's REST market trades fill it
+(pulse.source.coinbase.rest); Kraken's REST pages trades by time under other pair names, so its
+gaps become gap events (docs/venues.md).
 """
 
 from __future__ import annotations
@@ -18,14 +20,18 @@ import contextlib
 import logging
 from collections.abc import Sequence
 
+import aiohttp
 from websockets.exceptions import WebSocketException
 
 from pulse.errors import PulseError, UsageError
-from pulse.model import Gap, GapEvent, Trade
 from pulse.settings import ProducerSettings
-from pulse.source.base import FrameDecoder, Output, Source, now_ms
+from pulse.source.base import FrameDecoder, Output, Source
 from pulse.source.binance.live import BinanceSource, StreamRefused, StreamUnreachable
+from pulse.source.binance.sequencer import AggregateIdSequencer
 from pulse.source.binance.ws import BinanceStream, Connection, FrameHandler
+from pulse.source.coinbase.rest import CoinbaseGapFill
+from pulse.source.coinbase.wire import CoinbaseReader
+from pulse.source.gaps import GapFiller, gap_telemetry
 from pulse.source.okx.rest import contract_instruments, is_contract
 from pulse.source.okx.wire import OkxReader
 from pulse.source.replay import RecentIds
@@ -89,55 +95,65 @@ class VenueSource:
             raise UsageError(f"{venue.name} takes its symbols by name (e.g. --symbols BTC-USDT): 'all' is"
                              " read from Binance's exchangeInfo only")
         self.name = f"{venue.name}:live"
-        self._rest_url = settings.rest_base_url
+        self._settings = settings
         self._decoder = FrameDecoder(self.name, reader_for(venue.name))
+        # Consecutive ids are sequenced (gaps seen, held, filled where the venue allows); others
+        # only pass once per (symbol, id).
+        self.sequencer = AggregateIdSequencer() if venue.ids == "consecutive" else None
         self._ids = RecentIds()
-        self._last_id: dict[str, int] = {}
         self.duplicates = 0
-        self.gaps_found = 0
         self.stream = SubscribedStream(settings, venue, self.symbols, self._on_frame)
         self.streams = [self.stream]
+        self._session: aiohttp.ClientSession | None = None
+        self._fill: CoinbaseGapFill | None = None
+        self.gaps: GapFiller | None = None
         self._out: Output | None = None
 
     async def setup(self) -> None:
         # OKX's swaps and futures count contracts: their values come over REST, once, before streaming.
         if self.venue.name == "okx" and any(is_contract(symbol) for symbol in self.symbols):
-            instruments = await contract_instruments(self._rest_url or OKX_REST_URL)
+            instruments = await contract_instruments(self._settings.rest_base_url or OKX_REST_URL)
             unknown = [s for s in self.symbols if is_contract(s) and s not in instruments]
             if unknown:
                 raise UsageError(f"OKX lists no swap or future named {', '.join(unknown)}")
             self._decoder.reader = OkxReader(instruments)
+        if self.venue.gap_fill and isinstance(self._decoder.reader, CoinbaseReader):
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+            self._fill = CoinbaseGapFill(self._session, self._settings.rest_base_url, self._decoder.reader)
 
     async def run(self, out: Output, stop: asyncio.Event) -> None:
         self._out = out
+        if self.sequencer is not None:
+            self.gaps = GapFiller(self._settings, self.sequencer, self._fill, out,
+                                  no_fill=f"{self.venue.title} skipped these trade ids and has no gap fill Pulse uses")
         await self.stream.run(stop)
 
     def _on_frame(self, raw: str | bytes) -> bool:
         out = self._out
         assert out is not None
         trades = self._decoder.decode(raw, out)
+        if self.gaps is not None:
+            # In id order: a snapshot may list the newest first, and a symbol's first trade starts
+            # its sequence.
+            for trade in sorted(trades, key=lambda t: t.agg_trade_id):
+                self.gaps.accept(trade)
+            return bool(trades)
         for trade in trades:
-            if not self._ids.first(trade.symbol, trade.agg_trade_id):
+            if self._ids.first(trade.symbol, trade.agg_trade_id):
+                out.trade(trade)
+            else:
                 self.duplicates += 1
-                continue
-            self._check_sequence(trade, out)
-            out.trade(trade)
         return bool(trades)
 
-    def _check_sequence(self, trade: Trade, out: Output) -> None:
-        if self.venue.ids != "consecutive":
-            return
-        last = self._last_id.get(trade.symbol)
-        if last is not None and trade.agg_trade_id > last + 1:
-            self.gaps_found += 1
-            out.gap(GapEvent(Gap(trade.symbol, last + 1, trade.agg_trade_id - 1),
-                             f"{self.venue.title} skipped these trade ids and has no gap fill Pulse uses",
-                             now_ms()))
-        if last is None or trade.agg_trade_id > last:
-            self._last_id[trade.symbol] = trade.agg_trade_id
+    def gaps_pending(self) -> bool:
+        return self.gaps is not None and self.gaps.pending
 
     async def stop(self) -> None:
-        return None
+        if self.gaps is not None:
+            await self.gaps.stop()
+        if self._session is not None:
+            with contextlib.suppress(aiohttp.ClientError):
+                await self._session.close()
 
     def connected(self) -> bool:
         return self.stream.connected
@@ -159,10 +175,12 @@ class VenueSource:
 
     def telemetry(self) -> Telemetry:
         stats = self.stream.stats
-        return merge(self._decoder.telemetry(), Telemetry(
+        duplicates = self.duplicates + (self.sequencer.duplicates.total() if self.sequencer is not None else 0)
+        fill = self._fill.telemetry() if self._fill is not None else Telemetry()
+        return merge(self._decoder.telemetry(), gap_telemetry(self.gaps), fill, Telemetry(
             counters={"ws_connects": stats.connects, "ws_reconnects": stats.reconnects,
                       "ws_connect_failures": stats.connect_failures, "ws_stalls": stats.stalls,
-                      "duplicates": self.duplicates, "gaps_found": self.gaps_found},
+                      "duplicates": duplicates},
             labelled_counters={("reconnects", "reason"): dict(stats.reconnect_reasons),
                                ("ws_refusals", "status"): dict(stats.refusals)},
             gauges={"ws_connections": int(self.stream.connected), "ws_connections_wanted": 1}))

@@ -58,7 +58,7 @@ VENUES: dict[VenueName, Venue] = {v.name: v for v in (
     Venue("binance-us", "Binance.US spot", "wss://stream.binance.us:9443/stream", "consecutive", True),
     Venue("okx", "OKX", "wss://ws.okx.com:8443/ws/v5/public", "increasing", False, okx.subscriptions,
           okx.KEEPALIVE),
-    Venue("coinbase", "Coinbase", "wss://advanced-trade-ws.coinbase.com", "consecutive", False,
+    Venue("coinbase", "Coinbase", "wss://advanced-trade-ws.coinbase.com", "consecutive", True,
           coinbase.subscriptions, coinbase.KEEPALIVE),
     Venue("bybit-linear", "Bybit linear contracts", "wss://stream.bybit.com/v5/public/linear", "unordered", False,
           bybit.subscriptions, bybit.KEEPALIVE),

@@ -5,7 +5,8 @@ speaking each protocol (tests/support/venue_double.py), through the producer the
   and the taker side under the venue's rule (OKX and Bybit name the taker, Coinbase the maker).
 - The subscription is the venue's documented message; keep-alive pings are sent and answered.
 - Coinbase repeats recent trades on subscribe (a snapshot): each counts once. Its trade ids run
-  without gaps per product, so ids it skipped become a gap event.
+  without gaps per product, so an id it skipped is filled from its REST market trades, and one REST
+  lacks too becomes a gap event; Kraken's skipped ids become a gap event.
 - A refused handshake is the venue's own one-line refusal, and the run ends on it (`fatal`).
 """
 
@@ -67,15 +68,18 @@ async def _settings(base: PulseSettings, bootstrap: str, venue: str, double: Ven
 
 async def _stream(base: PulseSettings, bootstrap: str, venue: str, tape: list[TapeTrade],
                   withhold: frozenset[tuple[str, str]] = frozenset(),
-                  instruments: dict[str, str] | None = None) -> dict[str, Any]:
+                  instruments: dict[str, str] | None = None,
+                  lost: frozenset[tuple[str, str]] = frozenset()) -> dict[str, Any]:
+    """`withhold`: trades the websocket skips; `lost`: those that REST lacks too (Coinbase's)."""
     symbols = sorted({t.symbol for t in tape})
     async with VenueDouble(venue, tape, frames_per_s=400, instruments=instruments) as double:  # type: ignore[arg-type]
         double.withheld = set(withhold)
+        double.rest_withheld = set(lost)
         settings = (await _settings(base, bootstrap, venue, double, symbols)).override(
             producer={"rest_base_url": double.rest_url})
         async with running_producer(settings, bootstrap) as service:
             await wait_until(double.finished.is_set, 60, "the double to play its tape")
-            want = len(tape) - len(withhold)
+            want = len(tape) - len(lost if venue == "coinbase" else withhold)
             await wait_until(lambda: service.router.trades >= want, 30, f"{want} trades")
             if venue != "coinbase":
                 await wait_until(lambda: double.pings > 0, 10, "a keep-alive ping")
@@ -133,21 +137,29 @@ def test_bybit_streams_every_trade_once_with_the_takers_side(kafka, base_setting
     assert double.pings > 0 and result["metrics"]["frames_skipped"] >= 1
 
 
-def test_coinbase_counts_snapshot_trades_once_and_reports_skipped_ids_as_a_gap(kafka, base_settings):
+def test_coinbase_counts_snapshot_trades_once_and_fills_skipped_ids_from_rest(kafka, base_settings):
+    """Two ids the websocket skipped: REST's market trades return one (published in id order, with
+    the maker-side rule), and the one REST lacks too becomes the only gap event."""
     tape = coinbase_tape(venue_recording(COINBASE))
     counts = Counter(t.symbol for t in tape)
     product = max(counts, key=lambda s: counts[s])
     ids = sorted(int(t.trade_id) for t in tape if t.symbol == product)
     assert ids == list(range(ids[0], ids[-1] + 1)), "the recording's ids of a product run without gaps"
-    skipped = frozenset({(product, str(ids[len(ids) // 2]))})
-    result = asyncio.run(_stream(base_settings, kafka.bootstrap, "coinbase", tape, skipped))
+    filled, missing = ids[len(ids) // 3], ids[2 * len(ids) // 3]
+    lost = frozenset({(product, str(missing))})
+    result = asyncio.run(_stream(base_settings, kafka.bootstrap, "coinbase", tape,
+                                 frozenset({(product, str(filled))}) | lost, lost=lost))
     trades, double = result["trades"], result["double"]
-    assert _got(trades) == _expected(tape, skipped)
+    assert _got(trades) == _expected(tape, lost)
+    assert [t["agg_trade_id"] for t in trades if t["symbol"] == product] == [i for i in ids if i != missing]
     assert {t["venue"] for t in trades} == {"coinbase"}
     assert [m["channel"] for m in double.subscribe_messages] == ["market_trades", "heartbeats"]
     (gap,) = result["gaps"]
-    missing = int(next(iter(skipped))[1])
     assert (gap["symbol"], gap["first_missing_id"], gap["last_missing_id"]) == (product, missing, missing)
+    assert gap["reason"] == "ids not returned by REST"
+    metrics = result["metrics"]
+    assert (metrics["trades_filled"], metrics["ids_lost"], metrics["gaps_unfilled"]) == (1, 1, 1)
+    assert double.rest_calls >= 2
 
 
 def test_kraken_streams_every_trade_once_skips_heartbeats_and_reports_skipped_ids(kafka, base_settings):

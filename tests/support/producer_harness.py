@@ -19,7 +19,7 @@ from pulse.producer import ProducerService
 from pulse.settings import KafkaSettings, PulseSettings
 from pulse.source.base import Source
 from pulse.source.binance.live import BinanceSource
-from pulse.source.venue_live import live_source
+from pulse.source.venue_live import VenueSource, live_source
 from tests.support.binance_double import BinanceDouble, agg_trades_from_recording
 from tests.support.names import unique_name
 from tests.support.recordings import SPOT_RAW, USDM_RAW, recording
@@ -59,7 +59,7 @@ def published(service: ProducerService) -> int:
 
 def gaps_pending(service: ProducerService) -> bool:
     source = service.source
-    return isinstance(source, BinanceSource) and source.gaps_pending()
+    return isinstance(source, BinanceSource | VenueSource) and source.gaps_pending()
 
 
 def fresh_topics(bootstrap: str, partitions: int = 3) -> KafkaSettings:

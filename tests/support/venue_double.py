@@ -3,7 +3,8 @@ speaking its protocol as documented: subscribe by message and get the venue's ac
 one per symbol, after its `status` greeting), pings answered (OKX's text "ping" -> "pong", Bybit's
 `{"op":"ping"}`, Kraken's `{"method":"ping"}`), Coinbase's heartbeats channel and Kraken's heartbeat,
 a snapshot of recent trades on subscribe (Coinbase; Kraken when asked), handshakes refused with an
-HTTP status on request.
+HTTP status on request. REST: OKX's instruments, and Coinbase Advanced Trade's public market trades
+(by product and time span, newest first, the trades played so far, the websocket's withheld ones too).
 
 The trades are a tape of (symbol, trade) in time order, played at `frames_per_s` to the connections
 subscribed to their symbol, each as the venue frames it. Imports nothing from `pulse`.
@@ -45,6 +46,12 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}456Z"
 
 
+def _coinbase_trade(t: TapeTrade) -> dict[str, str]:
+    # `side` is the maker's: a taker buy hits a resting sell.
+    return {"trade_id": t.trade_id, "product_id": t.symbol, "price": t.price, "size": t.size,
+            "side": "SELL" if t.taker_buys else "BUY", "time": _iso(t.time_ms)}
+
+
 def venue_frame(venue: VenueKind, trades: list[TapeTrade], snapshot: bool = False, sequence: int = 0) -> str:
     """`trades` (of one symbol) in one frame, as `venue` sends them."""
     if venue == "okx":
@@ -53,12 +60,9 @@ def venue_frame(venue: VenueKind, trades: list[TapeTrade], snapshot: bool = Fals
             {"instId": t.symbol, "tradeId": t.trade_id, "px": t.price, "sz": t.size,
              "side": "buy" if t.taker_buys else "sell", "ts": str(t.time_ms), "count": "1"} for t in trades]})
     if venue == "coinbase":
-        # `side` is the maker's: a taker buy hits a resting sell.
         return json.dumps({"channel": "market_trades", "client_id": "", "timestamp": _iso(trades[-1].time_ms),
                            "sequence_num": sequence, "events": [{"type": "snapshot" if snapshot else "update",
-                                                                 "trades": [
-            {"trade_id": t.trade_id, "product_id": t.symbol, "price": t.price, "size": t.size,
-             "side": "SELL" if t.taker_buys else "BUY", "time": _iso(t.time_ms)} for t in trades]}]})
+                                                                 "trades": [_coinbase_trade(t) for t in trades]}]})
     if venue == "kraken":
         # Numbers, not strings; `side` is the taker's.
         return json.dumps({"channel": "trade", "type": "snapshot" if snapshot else "update", "data": [
@@ -117,7 +121,8 @@ class VenueDouble:
         self.frames_per_s = frames_per_s
         self.snapshot = snapshot  # Coinbase (Kraken when asked): recent trades sent on subscribe
         self.refuse_ws_with: int | None = None
-        self.withheld: set[tuple[str, str]] = set()
+        self.withheld: set[tuple[str, str]] = set()  # (symbol, trade id) the websocket skips
+        self.rest_withheld: set[tuple[str, str]] = set()  # ... and REST lacks too
         self.subscribed: dict[ServerConnection, set[str]] = {}
         self.subscribe_messages: list[dict[str, Any]] = []
         self.pings = 0
@@ -145,11 +150,22 @@ class VenueDouble:
             return web.json_response({"code": "51000", "msg": "Parameter instType error", "data": []}, status=400)
         return web.Response(text=body, content_type="application/json")
 
+    async def _market_trades(self, request: web.Request) -> web.Response:
+        """Coinbase's `GET /api/v3/brokerage/market/products/{product_id}/ticker?limit=&start=&end=`."""
+        self.rest_calls += 1
+        product, query = request.match_info["product"], request.query
+        start_ms, end_ms, limit = int(query["start"]) * 1000, int(query["end"]) * 1000, int(query["limit"])
+        played = [t for t in self.tape[: self.cursor] if t.symbol == product and start_ms <= t.time_ms < end_ms
+                  and (t.symbol, t.trade_id) not in self.rest_withheld]
+        page = [{**_coinbase_trade(t), "bid": "", "ask": ""} for t in reversed(played)][:limit]
+        return web.json_response({"trades": page, "best_bid": "", "best_ask": ""})
+
     async def __aenter__(self) -> VenueDouble:
         self._server = await serve(self._serve, "127.0.0.1", 0, process_request=self._handshake, max_queue=None)
         self.port = next(iter(self._server.sockets)).getsockname()[1]
         app = web.Application()
         app.router.add_get("/api/v5/public/instruments", self._instruments)
+        app.router.add_get("/api/v3/brokerage/market/products/{product}/ticker", self._market_trades)
         self._rest = web.AppRunner(app, access_log=None)
         await self._rest.setup()
         await web.TCPSite(self._rest, "127.0.0.1", 0).start()

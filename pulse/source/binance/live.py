@@ -3,8 +3,8 @@
 Symbols are spread over as many combined-stream connections as needed (`MAX_STREAMS_PER_CONNECTION`
 each), every one with its own watchdog, rotation and reconnect. Frames of all connections meet in
 one `AggregateIdSequencer`: duplicates (rotation overlaps, REST and wire both delivering) are
-dropped, and a skipped id holds the symbol's later trades back until `GapFiller` recovers the
-missing ones from REST or gives up on them, which becomes a gap event. So the source emits trades
+dropped, and a skipped id holds the symbol's later trades back until `GapFiller`
+(pulse.source.gaps) recovers the missing ones from REST or gives up on them, a gap event. So the source emits trades
 in id order per symbol, dead letters, and gap events: never anything out of order.
 """
 
@@ -14,132 +14,40 @@ import asyncio
 import contextlib
 import difflib
 import logging
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import cast
 
 import aiohttp
 
 from pulse.errors import PulseError, Unavailable, UsageError
-from pulse.model import Gap, GapEvent, Trade
+from pulse.model import Gap, Trade
 from pulse.settings import ProducerSettings, VenueName
 from pulse.source.base import FrameDecoder, Output, now_ms
 from pulse.source.binance.markets import MARKETS, Market
-from pulse.source.binance.rest import BinanceRest, RestError, WeightBudget
+from pulse.source.binance.rest import BinanceRest, WeightBudget
 from pulse.source.binance.sequencer import AggregateIdSequencer
-from pulse.source.binance.wire import BinanceAggTrade, BinanceReader
+from pulse.source.binance.wire import BinanceReader
 from pulse.source.binance.ws import MAX_STREAMS_PER_CONNECTION, BinanceStream
+from pulse.source.gaps import GapFiller, gap_telemetry
 from pulse.telemetry import Telemetry, merge
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
-class GapCounters:
-    found: int = 0
-    filled: int = 0
-    unfilled: int = 0
-    trades_filled: int = 0
-    ids_lost: int = 0
-    rest_errors: int = 0
+class BinanceGapFill:
+    """A gap's aggTrades from REST, asked from its first id (Binance pages them by id, not time)."""
 
-
-class GapFiller:
-    """Recovers the aggregate ids a symbol skipped on the wire, from REST, while later trades wait.
-
-    One task per symbol with a gap: it waits `gap_grace_s` (during a rotation the other connection
-    may still deliver the ids), then asks REST from the first missing id, and feeds what comes back
-    through the same sequencer, so the symbol's trades leave in id order. Ids REST does not return
-    (or not before `gap_fill_timeout_s`) become a gap event, and the held trades are released after it.
-    """
-
-    def __init__(self, settings: ProducerSettings, sequencer: AggregateIdSequencer, rest: BinanceRest | None,
-                 out: Output, reader: BinanceReader) -> None:
-        self._settings = settings
-        self._reader = reader
-        self._sequencer = sequencer
+    def __init__(self, rest: BinanceRest, reader: BinanceReader) -> None:
         self._rest = rest
-        self._out = out
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self.counters = GapCounters()
+        self._reader = reader
 
-    @property
-    def pending(self) -> bool:
-        return bool(self._tasks)
+    async def trades(self, gap: Gap, after_ms: int, before_ms: int) -> list[Trade]:
+        wires = await self._rest.agg_trades(gap.symbol, gap.first_missing_id, gap.size)
+        received = now_ms()
+        return [self._reader.trade(wire, received) for wire in wires]
 
-    def notice(self, symbol: str) -> None:
-        if symbol not in self._tasks:
-            self.counters.found += 1
-            self._tasks[symbol] = asyncio.create_task(self._fill(symbol))
-
-    def _release(self, trades: Sequence[Trade]) -> None:
-        for trade in trades:
-            self._out.trade(trade)
-
-    async def _fetch(self, gap: Gap, deadline: float) -> tuple[list[BinanceAggTrade], str]:
-        if self._rest is None:
-            return [], "no REST source"
-        try:
-            trades = await asyncio.wait_for(self._rest.agg_trades(gap.symbol, gap.first_missing_id, gap.size),
-                                            timeout=max(0.0, deadline - time.monotonic()))
-        except (RestError, TimeoutError) as error:
-            self.counters.rest_errors += 1
-            return [], f"REST failed: {error}" if str(error) else "REST timed out"
-        return [t for t in trades if t.a <= gap.last_missing_id], "ids not returned by REST"
-
-    async def _fill(self, symbol: str) -> None:
-        lost_any = False
-        try:
-            await asyncio.sleep(self._settings.gap_grace_s)
-            deadline = time.monotonic() + self._settings.gap_fill_timeout_s
-            while (gap := self._sequencer.gap(symbol)) is not None:
-                recovered, problem = await self._fetch(gap, deadline)
-                # The wire may have closed part of the gap while REST was asked: start again from
-                # what is still missing rather than act on a stale range.
-                current = self._sequencer.gap(symbol)
-                if current is None or current.first_missing_id != gap.first_missing_id:
-                    continue
-                if recovered and recovered[0].a == gap.first_missing_id:
-                    received = now_ms()
-                    for wire in recovered:
-                        self._release(self._sequencer.accept(self._reader.trade(wire, received)))
-                    self.counters.trades_filled += len(recovered)
-                    continue
-                lost_to = recovered[0].a - 1 if recovered else gap.last_missing_id
-                self._give_up(Gap(symbol, gap.first_missing_id, lost_to), problem)
-                lost_any = True
-        finally:
-            del self._tasks[symbol]
-        if lost_any:
-            self.counters.unfilled += 1
-        else:
-            self.counters.filled += 1
-
-    def _give_up(self, gap: Gap, reason: str) -> None:
-        self.counters.ids_lost += gap.size
-        log.warning("gap not fillable", extra={"event": "gap_unfilled", "symbol": gap.symbol,
-                                                "first_missing_id": gap.first_missing_id,
-                                                "last_missing_id": gap.last_missing_id, "reason": reason})
-        self._out.gap(GapEvent(gap=gap, reason=reason, detected_ms=now_ms()))
-        self._release(self._sequencer.give_up(gap.symbol, gap.last_missing_id))
-
-    async def stop(self) -> None:
-        """Shutting down: what is still missing is recorded as lost, held trades are released."""
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for symbol in self._sequencer.symbols():
-            while (gap := self._sequencer.gap(symbol)) is not None:
-                self._give_up(gap, "producer stopped before the gap was filled")
-                self.counters.unfilled += 1
-
-
-def _gap_telemetry(c: GapCounters) -> Telemetry:
-    return Telemetry(counters={"gaps_found": c.found, "gaps_filled": c.filled, "gaps_unfilled": c.unfilled,
-                               "trades_filled": c.trades_filled, "ids_lost": c.ids_lost,
-                               "gap_rest_errors": c.rest_errors})
+    def telemetry(self) -> Telemetry:
+        return self._rest.telemetry()
 
 
 def shards(symbols: Sequence[str], size: int = MAX_STREAMS_PER_CONNECTION) -> list[list[str]]:
@@ -234,15 +142,13 @@ class BinanceSource:
         assert out is not None and gaps is not None
         trades = self._decoder.decode(raw, out)
         for trade in trades:
-            for ready in self.sequencer.accept(trade):
-                out.trade(ready)
-            if self.sequencer.held_count(trade.symbol):
-                gaps.notice(trade.symbol)
+            gaps.accept(trade)
         return bool(trades)
 
     async def run(self, out: Output, stop: asyncio.Event) -> None:
         self._out = out
-        self.gaps = GapFiller(self._settings, self.sequencer, self.rest, out, self._reader)
+        fill = BinanceGapFill(self.rest, self._reader) if self.rest is not None else None
+        self.gaps = GapFiller(self._settings, self.sequencer, fill, out)
         running = [asyncio.create_task(stream.run(stop)) for stream in self.streams]
         try:
             # A stream only ends when stopped, or by a bug in the frame path: that must surface.
@@ -312,6 +218,5 @@ class BinanceSource:
             labelled_counters={("reconnects", "reason"): reasons, ("ws_refusals", "status"): refusals},
             gauges={"ws_connections": sum(stream.connected for stream in self.streams),
                     "ws_connections_wanted": len(self.streams)})]
-        gaps = _gap_telemetry(self.gaps.counters if self.gaps is not None else GapCounters())
         rest = self.rest.telemetry() if self.rest is not None else Telemetry()
-        return merge(*parts, gaps, rest)
+        return merge(*parts, gap_telemetry(self.gaps), rest)

@@ -16,7 +16,9 @@ https://docs.cdp.coinbase.com/exchange/docs/websocket-channels#match-message):
      "sequence": 333938798, "time": "2021-04-17T16:43:30.244075Z"}
 
 - `side` is the MAKER's order side: a `sell` match is a taker BUY (an up-tick). Pulse applies the
-  same rule to `market_trades`, which carries the same matches.
+  same rule to `market_trades` and to Advanced Trade's REST market trades (pulse.source.coinbase.rest),
+  which carry the same matches (nautilus_trader's Coinbase adapter reads them so too:
+  "Coinbase reports the maker side on public market trades").
 - `last_match` (Exchange) and a `snapshot` event (Advanced Trade) repeat recent trades on
   subscribe: they count once, by `trade_id`, which runs without gaps per product.
 - Times are ISO 8601 with up to nanoseconds; Pulse keeps milliseconds (truncated).
@@ -69,6 +71,12 @@ class MarketTrade(msgspec.Struct, frozen=True):
     time: str
 
 
+class _TickerReply(msgspec.Struct, frozen=True):
+    """Advanced Trade's REST market trades (bid, ask and best prices beside them are not read)."""
+
+    trades: list[MarketTrade]
+
+
 class _MarketTradesEvent(msgspec.Struct, frozen=True):
     type: Literal["snapshot", "update"]
     trades: list[MarketTrade]
@@ -89,6 +97,17 @@ _match = msgspec.json.Decoder(ExchangeMatch | ExchangeLastMatch)
 _channel = msgspec.json.Decoder(_Channel)
 _events = msgspec.json.Decoder(list[_MarketTradesEvent])
 _typed = msgspec.json.Decoder(_Typed)
+_ticker = msgspec.json.Decoder(_TickerReply)
+
+
+def ticker_trades(body: bytes) -> list[MarketTrade]:
+    """The trades of a REST market-trades reply; `InvalidFrame` when it is not one."""
+    try:
+        return _ticker.decode(body).trades
+    except msgspec.ValidationError as error:
+        raise InvalidFrame(validation_reason(error)) from None
+    except msgspec.DecodeError as error:
+        raise InvalidFrame(f"not JSON: {error}") from None
 
 
 class CoinbaseReader:
@@ -112,8 +131,12 @@ class CoinbaseReader:
             events = _events.decode(channel.events)
         except msgspec.ValidationError as error:
             raise InvalidFrame(f"events: {validation_reason(error)}") from None
+        return self.market_trades([t for event in events for t in event.trades], received_ms)
+
+    def market_trades(self, trades: list[MarketTrade], received_ms: int) -> list[Trade]:
+        """Advanced Trade's trades (websocket or REST) as the contract's."""
         return [self._convert(t.trade_id, t.product_id, t.price, t.size, t.side == "SELL", t.time, received_ms)
-                for event in events for t in event.trades]
+                for t in trades]
 
     def _exchange(self, raw: str | bytes, received_ms: int) -> Trade:
         try:

@@ -38,3 +38,20 @@ def test_sequencer_give_up_releases_what_waits_behind_the_gap():
     assert ids(seq.give_up("X", 4)) == [5, 6]
     assert seq.gap("X") == Gap("X", 7, 8)
     assert ids(seq.accept(trade("X", 3))) == [], "a lost id arriving late is not published out of order"
+
+
+def test_a_gap_is_bounded_by_the_times_of_the_trades_around_it():
+    """A venue whose REST pages by time (Coinbase) asks for the span between the last trade released
+    and the first held one."""
+    seq = AggregateIdSequencer()
+
+    def at(agg_id: int, ms: int) -> Trade:
+        return Trade("X", agg_id, 1.0, 1.0, agg_id, agg_id, ms, ms, False, ms)
+
+    seq.accept(at(1, 1_000))
+    seq.accept(at(2, 2_000))
+    seq.accept(at(6, 6_000))
+    seq.accept(at(5, 5_000))
+    assert seq.gap("X") == Gap("X", 3, 4) and seq.gap_times("X") == (2_000, 5_000)
+    seq.accept(at(3, 3_000))
+    assert seq.gap_times("X") == (3_000, 5_000)
