@@ -59,6 +59,13 @@ class JobFailed(PulseError, RuntimeError):
         return f"the Spark job failed: {first_line(str(self))}; Spark's log: {logs / 'spark.log'}"
 
 
+class JobStalled(JobFailed):
+    """A Real-Time Mode batch that neither ends nor fails."""
+
+    def line(self, logs: Path) -> str:
+        return f"the Spark job stalled: {first_line(str(self))}; Spark's log: {logs / 'spark.log'}"
+
+
 class SparkStartFailed(PulseError):
     """Spark (its JVM) did not start."""
 

@@ -537,6 +537,7 @@ class Runtime:
         parts = self._parts
         if parts.queries is not None:
             parts.queries.raise_if_failed()
+            parts.queries.raise_if_stalled(self.settings.stall_exit_after_s)
         if parts.writer_task is not None and parts.writer_task.done:
             parts.writer_task.raise_if_failed()
             raise RuntimeError("the store writer stopped")

@@ -198,6 +198,11 @@ class SparkSettings(BaseModel):
     health_host: str = "127.0.0.1"
     # Queries report progress after every trigger and, when idle, every 10 s: silence this long is a stall.
     health_stale_s: float = Field(default=60.0, gt=0)
+    # Real-Time Mode: no progress for this long (plus one batch) ends the job, non-zero with one line,
+    # for its supervisor to restart it from the checkpoint. A batch there ends on time whatever it reads,
+    # so such silence is a stuck batch (a worker lost while its tasks waited to launch), not a long
+    # one; None leaves it to /health. Micro-batches may legitimately run long, and are not timed.
+    stall_exit_s: float | None = Field(default=300.0, gt=0)
     # Anything else Spark accepts, e.g. PULSE_SPARK__EXTRA_CONF='{"spark.executor.memory": "4g"}'.
     extra_conf: dict[str, str] = Field(default_factory=dict)
 
@@ -301,6 +306,13 @@ class PulseSettings(BaseSettings):
         """Silence after which the job's /health is red: Real-Time Mode reports progress only when a
         batch ends, so a whole batch comes on top of `health_stale_s`."""
         return self.spark.health_stale_s + (self.spark.realtime_batch_s if self.realtime else 0.0)
+
+    @property
+    def stall_exit_after_s(self) -> float | None:
+        """Silence after which a Real-Time Mode job ends itself (None: never, and never in micro-batch mode)."""
+        if not self.realtime or self.spark.stall_exit_s is None:
+            return None
+        return self.spark.stall_exit_s + self.spark.realtime_batch_s
 
     @property
     def spark_master(self) -> str:

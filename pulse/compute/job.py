@@ -40,9 +40,16 @@ from pulse.compute.columns import (
     window_metrics_columns,
     window_update_records,
 )
-from pulse.compute.progress import batch_watermark_ms, health_row, job_health, kafka_offsets, now_ms
+from pulse.compute.progress import (
+    batch_watermark_ms,
+    health_row,
+    job_health,
+    kafka_offsets,
+    now_ms,
+    silent_for,
+)
 from pulse.compute.stamps import stamp_metrics, stamp_rejects
-from pulse.errors import JobFailed, StoreError
+from pulse.errors import JobFailed, JobStalled, StoreError
 from pulse.settings import PulseSettings
 from pulse.storage.sinks import PulseSinks
 
@@ -227,6 +234,7 @@ class PulseQueries:
     rejects: StreamingQuery
     listener: HealthListener
     stopped: bool = field(default=False)
+    started_at: float = field(default_factory=time.monotonic)
 
     def all(self) -> list[StreamingQuery]:
         return [self.metrics, self.rejects]
@@ -256,6 +264,17 @@ class PulseQueries:
                                    f"tasks): start the job again once the cluster has its task slots; it resumes "
                                    f"from its checkpoint (docs/scaling.md). Spark said: {error}")
             raise JobFailed(f"streaming query {query.name} failed: {error}")
+
+    def raise_if_stalled(self, after_s: float | None) -> None:
+        """Real-Time Mode: no progress report for `after_s` (None: never checked) is a stuck batch."""
+        if after_s is None:
+            return
+        silent = silent_for(self.listener.last_progress_at, self.started_at, time.monotonic())
+        if silent > after_s:
+            raise JobStalled(f"no progress for {silent:.0f} s in Real-Time Mode, whose batches end on time"
+                             " whatever they read: a batch waits for tasks that never launch (a worker lost)."
+                             " Start the job again once the cluster has its task slots; it resumes from its"
+                             " checkpoint (docs/scaling.md)")
 
     def health(self, stale_after_s: float) -> dict[str, Any]:
         return job_health(self.all(), self.listener.last_progress_at, stale_after_s, time.monotonic())

@@ -156,6 +156,11 @@ def health_row(progress: Mapping[str, Any], late_trades: int) -> pa.Table:
     })
 
 
+def silent_for(last_progress_at: float | None, started_at: float, now: float) -> float:
+    """Seconds since the last progress report, or since the queries started when none came yet."""
+    return now - (started_at if last_progress_at is None else max(last_progress_at, started_at))
+
+
 def job_health(queries: Sequence[Any], last_progress_at: float | None, stale_after_s: float,
                now: float) -> dict[str, Any]:
     """Ready only while every query is active and a progress report came within `stale_after_s`.

@@ -70,3 +70,14 @@ def test_runs_that_await_their_end_use_short_batches_and_health_waits_a_batch():
     # Real-Time Mode reports progress only at a batch end: /health allows a whole batch more.
     assert base.health_stale_after_s == base.spark.health_stale_s + 60.0
     assert base.override(spark={"mode": "microbatch"}).health_stale_after_s == base.spark.health_stale_s
+
+
+def test_only_a_real_time_mode_job_ends_itself_on_silence_and_a_batch_comes_on_top():
+    base = PulseSettings(_env_file=None)  # type: ignore[call-arg]
+    assert base.stall_exit_after_s == 300.0 + 60.0
+    assert base.override(spark={"stall_exit_s": 10, "realtime_batch_s": 1}).stall_exit_after_s == 11.0
+    # A micro-batch may run long over a backlog: it is never timed, nor is a job told not to be.
+    assert base.override(spark={"mode": "microbatch"}).stall_exit_after_s is None
+    assert base.override(spark={"stall_exit_s": None}).stall_exit_after_s is None
+    with pytest.raises(ValidationError, match="stall_exit_s"):
+        base.override(spark={"stall_exit_s": 0})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pulse.compute.progress import behind_retention, checkpoint_offsets, unread
+from pulse.compute.progress import behind_retention, checkpoint_offsets, silent_for, unread
 
 
 def _offset_log(checkpoint: Path, batch: int, offsets: dict[str, dict[str, int]]) -> None:
@@ -41,3 +41,10 @@ def test_unread_counts_from_the_checkpoint_else_from_where_a_new_query_starts() 
     # Another topic's offsets say nothing about this one; a checkpoint ahead of the end is not negative.
     assert unread({"other": {"0": 45}}, ends, ends, "trades") == 0
     assert unread({"trades": {"0": 60}}, {0: 0}, {0: 50}, "trades") == 0
+
+
+def test_silence_counts_from_the_last_report_or_from_the_start_of_the_queries():
+    assert silent_for(None, started_at=100.0, now=130.0) == 30.0
+    assert silent_for(120.0, started_at=100.0, now=130.0) == 10.0
+    # A report of the catch-up micro-batches, before these queries started, does not count against them.
+    assert silent_for(90.0, started_at=100.0, now=130.0) == 30.0
