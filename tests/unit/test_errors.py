@@ -10,7 +10,7 @@ from aiokafka.errors import KafkaConnectionError
 
 from pulse.broker.local_kafka import KafkaStartError
 from pulse.cli import explain
-from pulse.errors import JobFailed, PulseError, SparkStartFailed, StoreError, Unavailable, UsageError
+from pulse.errors import JobFailed, JobStalled, PulseError, SparkStartFailed, StoreError, Unavailable, UsageError
 from pulse.settings import PulseSettings
 from pulse.source.binance.live import StreamRefused, UnknownSymbols
 from pulse.source.binance.rest import BinanceRefused, RestError
@@ -34,6 +34,8 @@ SETTINGS = PulseSettings(_env_file=None, data_dir=Path("/data"))  # type: ignore
     (KafkaStartError("node 1 exited with 1\nmore"), 1, "the Kafka broker did not start: node 1 exited with 1"),
     (JobFailed("streaming query pulse_metrics failed: boom"), 1,
      "the Spark job failed: streaming query pulse_metrics failed: boom; Spark's log: /data/logs/spark.log"),
+    (JobStalled("no progress for 12 s in Real-Time Mode"), 1,
+     "the Spark job stalled: no progress for 12 s in Real-Time Mode; Spark's log: /data/logs/spark.log"),
     (SparkStartFailed("JAVA_GATEWAY_EXITED"), 1,
      "Spark failed to start: JAVA_GATEWAY_EXITED; see /data/logs/spark-jvm.log"),
     (StoreError("Code: 60. Unknown table", over_http=True), 1,
