@@ -48,7 +48,8 @@ def frames(count: int) -> list[bytes]:
 
 def route(decoder: FrameDecoder, router: Router, frame: bytes) -> None:
     """What the producer does per frame: decode and validate (the source), encode and enqueue (the router)."""
-    for trade in decoder.decode(frame, router):
+    trade = decoder.decode(frame, router)
+    if trade is not None:
         router.trade(trade)
 
 

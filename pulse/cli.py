@@ -27,7 +27,7 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from pulse.errors import PulseError, Unavailable, UsageError, first_line
-from pulse.model import TRADE_SYMBOL_PATTERN
+from pulse.model import PAIR_RULE, SYMBOL_RULE, TRADE_SYMBOL_PATTERN
 from pulse.settings import MarketName, PulseSettings, VenueName
 
 if TYPE_CHECKING:
@@ -227,7 +227,7 @@ def _symbols_arg(value: str, venue: str | None) -> list[str]:
     # Other venues' names are checked by their own listing, if at all: here only what a trade may carry.
     wrong = [symbol for symbol in symbols if not re.match(TRADE_SYMBOL_PATTERN, symbol)]
     if wrong:
-        raise UsageError(f"{', '.join(wrong)}: not a symbol (A-Z 0-9 _ . - /, 1 to 20 long, e.g. BTC-USDT, BTC/USD)")
+        raise UsageError(f"{', '.join(wrong)}: neither {SYMBOL_RULE} nor {PAIR_RULE}, e.g. BTC-USDT, BTC/USD")
     return symbols
 
 

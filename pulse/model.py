@@ -26,8 +26,10 @@ SCHEMA_VERSION: Literal[1] = 1
 # job for anything else that writes to the trades topic (pulse.compute.columns); docs/producer.md.
 # Binance's own symbol rule: quarterly USD-M contracts are `BTCUSDT_260327`, COIN-M ones `BTCUSD_PERP`.
 SYMBOL_PATTERN = r"^[A-Z0-9_.\-]{1,20}$"
-# A trade's symbol, whatever its venue: those names, and Kraken's `BTC/USD`.
-TRADE_SYMBOL_PATTERN = r"^[A-Z0-9_.\-/]{1,20}$"
+# A trade's symbol, whatever its venue: those names, or a pair with one slash (Kraken's `BTC/USD`).
+TRADE_SYMBOL_PATTERN = r"^(?=.{1,20}$)[A-Z0-9_.\-]+(/[A-Z0-9_.\-]+)?$"
+SYMBOL_RULE = "a symbol (A-Z 0-9 _ . -, 1 to 20 long)"
+PAIR_RULE = "a pair BASE/QUOTE (A-Z 0-9 _ . - on each side of one slash, 1 to 20 long)"
 # Binance opened in July 2017: a trade stamped earlier is a broken clock or field, not history.
 FIRST_TRADE_MS = 1_483_228_800_000  # 2017-01-01T00:00:00Z
 # A trade may be stamped at most this far after its frame's event time, its receipt or its Kafka time

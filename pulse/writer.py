@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from tenacity import AsyncRetrying, RetryCallState, wait_exponential
 
 from pulse.broker.local_kafka import end_offsets
-from pulse.compute.stamps import freshness_ms, stamp_metrics, stamp_rejects
+from pulse.compute.stamps import freshness_ms, stamp_metrics, stamp_rejects, with_first_trade_time
 from pulse.model import RejectV1, WindowUpdateV1
 from pulse.settings import PulseSettings
 from pulse.storage.sinks import PulseSinks
@@ -189,7 +189,7 @@ class StoreWriter:
             newest = newest_updates(updates)
             windows = window_table([update for update, _ in newest])
             written = time.time_ns() // 1_000_000
-            self._sinks.metrics.write(stamp_metrics(windows, written))
+            self._sinks.metrics.write(stamp_metrics(with_first_trade_time(windows), written))
             visible = time.time_ns() // 1_000_000
             for age in freshness_ms(windows, visible):
                 stats.freshness.observe(age / 1000)

@@ -22,6 +22,8 @@ from pulse.model import (
     FIRST_TRADE_MS,
     MAX_AHEAD_MS,
     MAX_MESSAGE_CHARS,
+    PAIR_RULE,
+    SYMBOL_RULE,
     TRADE_SYMBOL_PATTERN,
     RejectV1,
     Signal,
@@ -106,8 +108,10 @@ def reject_reason(msg: Column, raw_value: Column, utf8: Column, kafka_time: Colu
     # What the producer refuses too (pulse.source.binance.wire), for messages written to the topic
     # by anything else: a symbol a query can carry, a trade time Binance could have made, and none
     # from the future, which would move the watermark past every later trade.
+    # A name with a slash is held to the pair rule alone, any other to the symbol rule.
     reason = reason.when(~msg["symbol"].rlike(TRADE_SYMBOL_PATTERN),
-                         F.lit("field 'symbol' must be a symbol (A-Z 0-9 _ . - /, 1 to 20 long)"))
+                         F.when(msg["symbol"].contains("/"), F.lit(f"field 'symbol' must be {PAIR_RULE}"))
+                         .otherwise(F.lit(f"field 'symbol' must be {SYMBOL_RULE}")))
     reason = reason.when(msg["timestamp"] < FIRST_TRADE_MS,
                          F.lit("field 'timestamp' is before 2017-01-01, earlier than any Binance trade"))
     reason = reason.when(msg["timestamp"] > F.unix_millis(kafka_time) + MAX_AHEAD_MS,

@@ -48,7 +48,7 @@ from pulse.compute.progress import (
     now_ms,
     silent_for,
 )
-from pulse.compute.stamps import stamp_metrics, stamp_rejects
+from pulse.compute.stamps import stamp_metrics, stamp_rejects, with_first_trade_time
 from pulse.errors import JobFailed, JobStalled, StoreError
 from pulse.settings import PulseSettings
 from pulse.storage.sinks import PulseSinks
@@ -391,7 +391,7 @@ def start_queries(spark: SparkSession, settings: PulseSettings, bootstrap: str, 
         started = time.perf_counter()
         rows = batch.toArrow()
         collected = timings.add("collect", started)
-        sinks.metrics.write(stamp_metrics(rows, now_ms()))
+        sinks.metrics.write(stamp_metrics(with_first_trade_time(rows), now_ms()))
         timings.add("insert", collected)
         timings.add("callback", started)
 

@@ -33,12 +33,18 @@ def freshness_ms(windows: pa.Table, written_at_ms: int) -> list[float]:
     return values
 
 
+def with_first_trade_time(windows: pa.Table) -> pa.Table:
+    """Adds first_trade_time, the window's earliest trade time (from its min_trade_time_ms helper):
+    across venues, which venue traded first in a second."""
+    first_trade = pc.cast(pc.cast(windows.column("min_trade_time_ms"), pa.int64()), _FIRST_TRADE)
+    return windows.append_column("first_trade_time", pc.cast(first_trade, _TIMESTAMP))
+
+
 def stamp_metrics(windows: pa.Table, written_at_ms: int) -> pa.Table:
     """Window rows -> `pulse_metrics` rows: the write latencies replace the trade-time helpers.
 
     avg_write_latency_ms = written_at − the window's mean trade time; max_write_latency_ms =
-    written_at − its earliest trade time, which is also kept as first_trade_time (which venue
-    traded first in a second, across venues). version = the window's trade count: every update of a
+    written_at − its earliest trade time. version = the window's trade count: every update of a
     window adds at least one trade, so it grows with each update, and a replay (of a micro-batch,
     or of the Real-Time Mode output) writes the same version for the same state: the
     ReplacingMergeTree keeps each window's newest state whatever the order rows arrive in.
@@ -46,11 +52,9 @@ def stamp_metrics(windows: pa.Table, written_at_ms: int) -> pa.Table:
     written = pa.scalar(float(written_at_ms))
     avg_latency = pc.subtract(written, pc.cast(windows.column("avg_trade_time_ms"), pa.float64()))
     max_latency = pc.subtract(written, pc.cast(windows.column("min_trade_time_ms"), pa.float64()))
-    first_trade = pc.cast(pc.cast(windows.column("min_trade_time_ms"), pa.int64()), _FIRST_TRADE)
     rows = windows.drop_columns([name for name in TRADE_TIME_HELPERS if name in windows.column_names])
     return (rows.append_column("avg_write_latency_ms", avg_latency)
             .append_column("max_write_latency_ms", max_latency)
-            .append_column("first_trade_time", pc.cast(first_trade, _TIMESTAMP))
             .append_column("written_at", _constant(rows, written_at_ms * 1000, _TIMESTAMP))
             .append_column("version", pc.cast(windows.column("trade_count"), pa.int64())))
 

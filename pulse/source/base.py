@@ -76,7 +76,15 @@ class FrameDecoder:
         self.frames = 0
         self.skipped = 0
 
-    def decode(self, raw: str | bytes, out: Output, invalid_reason: str | None = None) -> list[Trade]:
+    def decode(self, raw: str | bytes, out: Output, invalid_reason: str | None = None) -> Trade | None:
+        """A Binance frame's trade (an aggTrade frame carries one): None for another stream's frame, or
+        one refused and dead-lettered. Venues whose frames carry several go through `trades`."""
+        trades = self.trades(raw, out, invalid_reason)
+        if len(trades) > 1:
+            raise ValueError(f"a frame of {len(trades)} trades from {self.reader.venue}: read it with trades()")
+        return trades[0] if trades else None
+
+    def trades(self, raw: str | bytes, out: Output, invalid_reason: str | None = None) -> list[Trade]:
         """The trades in `raw`: none for another stream's frame, or one refused and dead-lettered."""
         self.frames += 1
         received = now_ms()
@@ -122,7 +130,7 @@ class LocalSource:
         raise NotImplementedError
 
     def emit(self, raw: str | bytes, out: Output, invalid_reason: str | None = None) -> list[Trade]:
-        trades = self._decoder.decode(raw, out, invalid_reason)
+        trades = self._decoder.trades(raw, out, invalid_reason)
         for trade in trades:
             out.trade(trade)
         return trades

@@ -154,7 +154,7 @@ class ReplaySource(LocalSource):
         that holds a frame twice (a reconnect's overlap, a concatenated file, the trades a venue
         repeats on subscribe) counts it once."""
         kept = []
-        for trade in self._decoder.decode(raw, out, invalid_reason):
+        for trade in self._decoder.trades(raw, out, invalid_reason):
             if not self._ids.first(trade.symbol, trade.agg_trade_id):
                 self.duplicates += 1
                 continue

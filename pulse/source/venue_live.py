@@ -131,7 +131,7 @@ class VenueSource:
     def _on_frame(self, raw: str | bytes) -> bool:
         out = self._out
         assert out is not None
-        trades = self._decoder.decode(raw, out)
+        trades = self._decoder.trades(raw, out)
         if self.gaps is not None:
             # In id order: a snapshot may list the newest first, and a symbol's first trade starts
             # its sequence.

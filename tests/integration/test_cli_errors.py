@@ -153,7 +153,7 @@ def test_symbols_binance_does_not_list(cwd):
 
 def test_symbols_of_other_venues_are_checked_against_what_a_trade_may_carry(cwd):
     assert_one_line(pulse("live", "--venue", "kraken", "--symbols", "BTC/USD,BTC'USD", cwd=cwd), 2, "live",
-                    "BTC'USD: not a symbol (A-Z 0-9 _ . - /")
+                    "BTC'USD: neither a symbol (A-Z 0-9 _ . -, 1 to 20 long) nor a pair")
 
 
 def test_symbols_of_another_market(cwd):

@@ -6,10 +6,12 @@ from __future__ import annotations
 import base64
 import json
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from pulse.compute.columns import parse_messages
 from tests.support.pipeline import metrics_rows, process_topic
 from tests.support.topic_writer import encode, trade_message, write_messages
 
@@ -31,7 +33,7 @@ def _without(field: str) -> dict[str, Any]:
 
 
 Message = dict[str, Any] | bytes | str | None
-SYMBOL_RULE = "field 'symbol' must be a symbol (A-Z 0-9 _ . - /, 1 to 20 long)"
+SYMBOL_RULE = "field 'symbol' must be a symbol (A-Z 0-9 _ . -, 1 to 20 long)"
 BAD: list[tuple[Message, str]] = [
     (b'{"schema_version": 1, "symbol": "REJUSDT", "price": 1', "value is not valid JSON"),
     (b"\x00\xffnot text", "value is not UTF-8 text (raw_value holds it as base64)"),
@@ -64,6 +66,7 @@ BAD: list[tuple[Message, str]] = [
     (json.dumps({**_trade(25), "padding": "x" * 100_000}), "value over 65,536 characters: not a trade message"),
 ]
 GOOD = [_trade(1), _trade(2), _trade(3)]
+PAIR_RULE = "field 'symbol' must be a pair BASE/QUOTE (A-Z 0-9 _ . - on each side of one slash, 1 to 20 long)"
 
 
 def test_corrupted_messages_go_to_pulse_rejects_with_their_coordinates(kafka, spark, database, settings):
@@ -96,3 +99,15 @@ def test_corrupted_messages_go_to_pulse_rejects_with_their_coordinates(kafka, sp
     rows = metrics_rows(database)
     assert sum(r["trade_count"] for r in rows) == len(GOOD)
     assert [(r["first_agg_trade_id"], r["last_agg_trade_id"]) for r in rows] == [(1, 3)]
+
+
+@pytest.mark.parametrize(("symbol", "reason"), [
+    ("BTC/USD", None), ("AAPL.X/USD", None), ("BTC-USD-SWAP", None), ("BTCUSD_PERP", None),
+    ("ABCDEFGHIJ/KLMNOPQRS", None), ("ABCDEFGHIJ/KLMNOPQRST", PAIR_RULE),
+    ("BTC/USD/EUR", PAIR_RULE), ("/USD", PAIR_RULE), ("BTC/usd", PAIR_RULE), ("REJ'USDT", SYMBOL_RULE),
+])
+def test_a_name_with_a_slash_is_held_to_the_pair_rule_any_other_to_the_symbol_rule(spark, symbol, reason):
+    value = json.dumps(_trade(1, symbol=symbol, timestamp=int(time.time() * 1000))).encode()
+    rows = spark.createDataFrame([("t", 0, 0, datetime.now(UTC), value)],
+                                 "topic string, partition int, offset long, timestamp timestamp, value binary")
+    assert parse_messages(rows).select("reject_reason").collect()[0][0] == reason

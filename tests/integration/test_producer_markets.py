@@ -103,16 +103,24 @@ def test_coinm_streams_perpetuals_and_delivery_contracts_and_fills_gaps_from_dap
                 "NEOUSD_PERP": range(want["NEOUSD_PERP"][20], want["NEOUSD_PERP"][20] + 1)}
     result = asyncio.run(_stream_market(base_settings, kafka.bootstrap, tape, "coinm", withheld))
     assert result["ids"] == want
-    # COIN-M counts contracts of contractSize USD (exchangeInfo): base units are q x size / p, the
-    # venue's own count kept; websocket and REST-filled trades alike.
+    assert result["metrics"]["gaps_filled"] == 2 and result["metrics"]["trades_filled"] == 5
+    assert result["double"].rest_calls >= 2
+
+
+def test_coinm_contracts_become_base_units_and_keep_the_venues_count(kafka, base_settings):
+    """COIN-M counts contracts of contractSize USD (exchangeInfo): base units are q x size / p, the
+    venue's own count kept; websocket and REST-filled trades alike."""
+    tape = relabel([p for p in agg_trades_from_recording(recording(USDM_RAW)) if p["s"] == "BATUSDT"], COINM_NAMES)
+    ids = _ids(tape)["BATUSD_260327"]
+    result = asyncio.run(_stream_market(base_settings, kafka.bootstrap, tape, "coinm",
+                                        {"BATUSD_260327": range(ids[5], ids[8] + 1)}))
+    assert result["metrics"]["trades_filled"] == 4 and len(result["trades"]) == len(tape)
     sent = {(p["s"], p["a"]): p for p in tape}
     for trade in result["trades"]:
         wire = sent[(trade["symbol"], trade["agg_trade_id"])]
         base = Decimal(wire["q"]) * coinm_contract_usd(wire["s"]) / Decimal(wire["p"])
         assert math.isclose(trade["quantity"], float(base), rel_tol=1e-12), trade
         assert trade["venue_quantity"] == float(wire["q"]) and trade["quote_asset"] == "USD"
-    assert result["metrics"]["gaps_filled"] == 2 and result["metrics"]["trades_filled"] == 5
-    assert result["double"].rest_calls >= 2
 
 
 def test_all_resolves_500_symbols_from_exchange_info_over_three_connections(kafka, base_settings):

@@ -61,7 +61,8 @@ def test_full_queue_drops_the_oldest_keeps_the_newest_and_counts(kafka, base_set
         queue = DropOldestQueue(bound)
         router, decoder = Router(topics, queue), FrameDecoder("burst")
         for frame in frames:
-            (trade,) = decoder.decode(frame, router)
+            trade = decoder.decode(frame, router)
+            assert trade is not None
             router.trade(trade)
         producer = build_kafka_producer(topics, base_settings.producer, kafka.bootstrap)
         await producer.start()

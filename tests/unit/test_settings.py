@@ -35,7 +35,7 @@ def test_environment_is_read_once_with_the_prefix(monkeypatch):
 
 
 def test_every_market_has_its_endpoints_and_limits():
-    assert set(MARKETS) == {"usdm", "spot", "coinm", "us"}
+    assert set(MARKETS) == {"usdm", "spot", "coinm"}
     for name, market in MARKETS.items():
         assert market.name == name and market.ws_url.startswith("wss://") and market.rest_url.startswith("https://")
         assert market.agg_trades_path.endswith("/aggTrades") and market.exchange_info_path.endswith("/exchangeInfo")

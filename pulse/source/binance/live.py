@@ -23,7 +23,7 @@ from pulse.errors import PulseError, Unavailable, UsageError
 from pulse.model import Gap, Trade
 from pulse.settings import ProducerSettings, VenueName
 from pulse.source.base import FrameDecoder, Output, now_ms
-from pulse.source.binance.markets import MARKETS, Market
+from pulse.source.binance.markets import Market, market_named
 from pulse.source.binance.rest import BinanceRest, WeightBudget
 from pulse.source.binance.sequencer import AggregateIdSequencer
 from pulse.source.binance.wire import BinanceReader
@@ -80,7 +80,7 @@ async def market_symbols(settings: ProducerSettings, wanted: Sequence[str]) -> l
     Asked once, before a run: a typo (BTCUSTD) or an expired quarterly contract would otherwise
     subscribe to a stream that stays silent forever, which looks like a stall, not like a mistake.
     """
-    market = MARKETS[settings.market]
+    market = market_named(settings.market)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
         budget = WeightBudget(settings.rest_weight_budget_per_min or market.weight_per_minute)
         rest = BinanceRest(session, market, settings.rest_base_url or market.rest_url, budget)
@@ -105,11 +105,11 @@ async def market_symbols(settings: ProducerSettings, wanted: Sequence[str]) -> l
 
 
 class BinanceSource:
-    """Live aggTrades of `symbols` on one Binance market (see `markets.MARKETS`)."""
+    """Live aggTrades of `symbols` on one Binance market (see `pulse.source.binance.markets`)."""
 
     def __init__(self, settings: ProducerSettings, symbols: Sequence[str] | None = None) -> None:
         self._settings = settings
-        self.market: Market = MARKETS[settings.market]
+        self.market: Market = market_named(settings.market)
         self.symbols = list(symbols if symbols is not None else settings.symbols)
         if not self.symbols:
             raise ValueError("the live source needs at least one symbol")
@@ -140,10 +140,10 @@ class BinanceSource:
         """A frame from any connection; True when it held an aggTrade (that keeps its watchdog quiet)."""
         out, gaps = self._out, self.gaps
         assert out is not None and gaps is not None
-        trades = self._decoder.decode(raw, out)
-        for trade in trades:
+        trade = self._decoder.decode(raw, out)
+        if trade is not None:
             gaps.accept(trade)
-        return bool(trades)
+        return trade is not None
 
     async def run(self, out: Output, stop: asyncio.Event) -> None:
         self._out = out

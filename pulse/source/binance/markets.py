@@ -40,6 +40,7 @@ class Market:
         return override.rstrip("/") + self.ws_path
 
 
+# Binance's own markets.
 MARKETS: dict[MarketName, Market] = {
     # USD-M serves public market streams on /market; the old /ws and /stream paths accept
     # connections but have sent nothing since 2026-04-23.
@@ -49,9 +50,15 @@ MARKETS: dict[MarketName, Market] = {
                    "/api/v3/aggTrades", "/api/v3/exchangeInfo", 6000, 4, 20),
     "coinm": Market("coinm", "COIN-M futures", "wss://dstream.binance.com/stream", "https://dapi.binance.com",
                     "/dapi/v1/aggTrades", "/dapi/v1/exchangeInfo", 2400, 20, 1),
-    # Binance.US: Binance spot's frames and REST paths on its own hosts (https://docs.binance.us). Its
-    # exchangeInfo (recorded 2021, ../shared/data/venues) allows 1,200 request weight per minute; the
-    # per-call weights are taken as spot's, the larger of the two.
-    "us": Market("us", "Binance.US spot", "wss://stream.binance.us:9443/stream", "https://api.binance.us",
-                 "/api/v3/aggTrades", "/api/v3/exchangeInfo", 1200, 4, 20),
 }
+
+# Binance.US, another exchange on Binance spot's frames and REST paths, on its own hosts
+# (https://docs.binance.us). Its exchangeInfo (recorded 2021, ../shared/data/venues) allows 1,200
+# request weight per minute; the per-call weights are taken as spot's, the larger of the two.
+BINANCE_US = Market("us", "Binance.US spot", "wss://stream.binance.us:9443/stream", "https://api.binance.us",
+                    "/api/v3/aggTrades", "/api/v3/exchangeInfo", 1200, 4, 20)
+
+
+def market_named(name: MarketName) -> Market:
+    """The preset a `PULSE_PRODUCER__MARKET` names: one of Binance's markets, or Binance.US."""
+    return BINANCE_US if name == "us" else MARKETS[name]

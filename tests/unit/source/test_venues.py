@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 
 from pulse.errors import UsageError
 from pulse.model import encode_trade
+from pulse.source.base import FrameDecoder
 from pulse.source.bybit.wire import BybitReader
 from pulse.source.coinbase.wire import CoinbaseReader
 from pulse.source.contract import InvalidFrame, NotATrade, iso_ms, numeric_id, split_dashed, split_glued
@@ -158,6 +160,20 @@ def test_bybit_public_trade_side_is_the_takers_and_replies_are_skipped():
     with pytest.raises(NotATrade):
         BybitReader("bybit-spot").trades('{"topic":"orderbook.50.BTCUSDT","ts":1,"data":{}}', RECEIVED)
 
+
+
+def test_a_frame_of_several_trades_is_read_whole_and_never_as_one():
+    push = json.dumps({"topic": "publicTrade.BTCUSDT", "type": "snapshot", "ts": 1672304486868, "data": [
+        {"T": 1672304486865, "s": "BTCUSDT", "S": "Buy", "v": "0.001", "p": "16578.50", "i": "1", "BT": False},
+        {"T": 1672304486866, "s": "BTCUSDT", "S": "Sell", "v": "0.002", "p": "16578.00", "i": "2", "BT": False}]})
+    letters: list[object] = []
+    out = SimpleNamespace(dead_letter=letters.append)
+    decoder = FrameDecoder("test", BybitReader("bybit-linear"))
+    assert [t.agg_trade_id for t in decoder.trades(push, out)] == [1, 2]
+    # The one-trade form (Binance's frames) refuses rather than drop the second trade.
+    with pytest.raises(ValueError, match="a frame of 2 trades from bybit-linear"):
+        decoder.decode(push, out)
+    assert decoder.trades("{not json", out) == [] and decoder.decode("{not json", out) is None and len(letters) == 2
 
 # -- Kraken v2: side is the taker's, numbers for price and size ------------------------------------
 

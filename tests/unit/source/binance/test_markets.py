@@ -8,7 +8,7 @@ import pytest
 
 from pulse.settings import ProducerSettings
 from pulse.source.binance.live import BinanceSource, shards
-from pulse.source.binance.markets import MARKETS
+from pulse.source.binance.markets import MARKETS, market_named
 from pulse.source.binance.rest import RestError, symbol_states
 
 
@@ -21,6 +21,13 @@ def test_each_market_streams_and_fills_gaps_on_its_own_paths():
     assert [MARKETS[m].exchange_info_path for m in ("usdm", "spot", "coinm")] == [
         "/fapi/v1/exchangeInfo", "/api/v3/exchangeInfo", "/dapi/v1/exchangeInfo"]
 
+
+
+def test_binance_us_is_spots_protocol_on_its_own_hosts_with_its_own_weight():
+    us, spot = market_named("us"), market_named("spot")
+    assert (us.ws_url, us.rest_url) == ("wss://stream.binance.us:9443/stream", "https://api.binance.us")
+    assert (us.agg_trades_path, us.exchange_info_path) == (spot.agg_trades_path, spot.exchange_info_path)
+    assert us.weight_per_minute == 1200 and spot is MARKETS["spot"]
 
 @pytest.mark.parametrize(("market", "override", "expected"), [
     ("usdm", None, "wss://fstream.binance.com/market/stream"),
