@@ -231,6 +231,20 @@ def _symbols_arg(value: str, venue: str | None) -> list[str]:
     return symbols
 
 
+def _symbols_by_venue(value: str, venue: VenueName | None) -> dict[VenueName | None, list[str]]:
+    """`--symbols` split by the venue each names (`okx:BTC-USDT,coinbase:BTC-USD`, as traders' tools
+    write markets), each part checked as that venue spells symbols; one without `venue:` is
+    `venue`'s (None: Binance's market of the settings)."""
+    groups: dict[VenueName | None, list[str]] = {}
+    for part in (p.strip() for p in value.split(",")):
+        named, colon, symbol = part.rpartition(":")
+        where = named.strip().lower() if colon else venue
+        if colon and where not in get_args(VenueName):
+            raise UsageError(f"{part}: {where or 'nothing'} is not a venue (one of {', '.join(get_args(VenueName))})")
+        groups.setdefault(cast(VenueName | None, where), []).append(symbol)
+    return {where: _symbols_arg(",".join(symbols), where) for where, symbols in groups.items()}
+
+
 def _resolve_symbols(settings: PulseSettings) -> PulseSettings:
     """Binance's symbols checked against the market's exchangeInfo ('all' listed), before any JVM
     starts. Other venues take symbols as given (their sources refuse 'all')."""
@@ -316,19 +330,25 @@ def _run_demo(args: argparse.Namespace, settings: PulseSettings) -> int:
 
 
 def _run_live(args: argparse.Namespace, settings: PulseSettings) -> int:
-    settings = settings.override(producer={
-        **_venue_options(args.venue, args.market),
-        **_given(symbols=_symbols_arg(args.symbols, args.venue) if args.symbols is not None else None)})
+    settings = settings.override(producer=_venue_options(args.venue, args.market))
+    producer = settings.producer
+    groups = ({producer.venue: None} if args.symbols is None
+              else _symbols_by_venue(args.symbols, producer.venue))
+    feeds = [settings.override(producer=producer.for_venue(venue, symbols).model_dump())
+             for venue, symbols in groups.items()]
+    settings = feeds[0]
     kafka = settings.kafka.bootstrap_servers
     if kafka:
         _check_kafka(kafka)
     _check_jvm(settings, broker=not kafka, spark=True)
-    settings = _resolve_symbols(settings)
+    feeds = [_resolve_symbols(feed) for feed in feeds]
+    settings = feeds[0]
     from pulse.live import run_live  # noqa: PLC0415 - Spark, chDB and rich only for runs that compute
     from pulse.runtime import stop_on_signals  # noqa: PLC0415
 
     warnings = _log_to_files(settings)
-    summary = run_live(settings, _say, stop_on_signals(), dashboard=not args.no_live_view, warnings=warnings)
+    summary = run_live(settings, _say, stop_on_signals(), dashboard=not args.no_live_view, warnings=warnings,
+                       also=[feed.producer for feed in feeds[1:]])
     _say(summary.render())
     if summary.problem is not None:
         raise _Failed(summary.problem)

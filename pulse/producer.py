@@ -38,7 +38,7 @@ class Router:
         self.invalid_reasons: Counter[str] = Counter()
         # One example per reason, for the summary of a run that went wrong.
         self.invalid_examples: dict[str, str] = {}
-        self.trades_by_symbol: Counter[str] = Counter()
+        self.trades_by_market: Counter[tuple[str, str]] = Counter()  # (venue, symbol)
 
     @property
     def invalid(self) -> int:
@@ -46,7 +46,7 @@ class Router:
 
     def trade(self, trade: Trade) -> None:
         self.trades += 1
-        self.trades_by_symbol[trade.symbol] += 1
+        self.trades_by_market[trade.venue, trade.symbol] += 1
         self._queue.put(OutboundRecord(topic=self._trades_topic, key=trade.symbol.encode(), value=encode_trade(trade),
                                        symbol=trade.symbol, exchange_time_ms=trade.trade_time_ms))
 

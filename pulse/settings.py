@@ -76,6 +76,10 @@ class ProducerSettings(BaseModel):
     # None: the market's own endpoints. Set them for a proxy, or a local double of Binance in tests.
     ws_base_url: str | None = None
     rest_base_url: str | None = None
+    # The same per venue, for runs over several (`pulse live --symbols okx:BTC-USDT,coinbase:BTC-USD`):
+    # JSON, e.g. PULSE_PRODUCER__WS_BASE_URLS='{"okx": "ws://127.0.0.1:9001"}'; they win over the above.
+    ws_base_urls: dict[VenueName, str] = Field(default_factory=dict)
+    rest_base_urls: dict[VenueName, str] = Field(default_factory=dict)
     queue_max: int = Field(default=10_000, ge=1)
     # The publisher hands aiokafka whole batches (everything queued meanwhile), so lingering on
     # top only adds latency; under load batches grow by themselves while a request is in flight.
@@ -127,6 +131,19 @@ class ProducerSettings(BaseModel):
     def _no_venue(cls, value: object) -> object:
         # Compose passes an unset PRODUCER_VENUE as "": Binance's market then.
         return None if value == "" else value
+
+    def for_venue(self, venue: VenueName | None, symbols: list[str] | None) -> ProducerSettings:
+        """These settings for one venue of a run (None: Binance's `market`), with its own URLs if
+        set, and `symbols` unless None."""
+        update: dict[str, object] = {} if symbols is None else {"symbols": symbols}
+        if venue is not None:
+            update.update(venue=venue, market=venue.removeprefix("binance-") if venue.startswith("binance-")
+                          else self.market)
+        if venue in self.ws_base_urls:
+            update["ws_base_url"] = self.ws_base_urls[venue]
+        if venue in self.rest_base_urls:
+            update["rest_base_url"] = self.rest_base_urls[venue]
+        return self.model_validate({**self.model_dump(), **update})
 
 
 # Runs that await their end (`pulse demo`, `pulse live`, `--until-idle`, the notebook) see it at a batch end.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
 from typing import Protocol
 
 from pulse.errors import PulseError
@@ -65,6 +66,21 @@ class Source(Protocol):
         connection opened); None while retrying may still help. A service retries regardless."""
 
     def telemetry(self) -> Telemetry: ...
+
+
+async def run_side_by_side(runs: list[Coroutine[None, None, None]], stop: asyncio.Event) -> None:
+    """Runs until each ends (they end once `stop` is set) or one fails: a run only ends early by a bug,
+    which must surface, so then `stop` is set, the others are cancelled and the error raised."""
+    running = [asyncio.create_task(run) for run in runs]
+    try:
+        done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()
+    finally:
+        stop.set()
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
 
 
 class FrameDecoder:

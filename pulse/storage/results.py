@@ -71,8 +71,9 @@ class Results:
     def windows_written_after(self, since_ms: int) -> list[dict[str, Any]]:
         """Window rows written after `since_ms`, in write order: what a live view has not shown yet."""
         rows: list[dict[str, Any]] = self.transport.query_arrow(f"""
-SELECT symbol, toUnixTimestamp64Milli(window_start) AS ws, close, vwap, net_delta, buy_pressure_pct AS buy,
-       signal, avg_write_latency_ms AS write_ms, avg_ingest_latency_ms AS ingest_ms,
+SELECT venue, symbol, base_asset AS asset, quote_asset AS quote, toUnixTimestamp64Milli(window_start) AS ws,
+       close, vwap, net_delta, buy_pressure_pct AS buy, total_volume AS volume, buy_volume, signal,
+       avg_write_latency_ms AS write_ms, avg_ingest_latency_ms AS ingest_ms,
        toUnixTimestamp64Milli(written_at) AS written_ms
 FROM pulse_metrics WHERE {_after('written_at', since_ms)} ORDER BY written_at, version""").to_pylist()
         return rows

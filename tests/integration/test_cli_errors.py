@@ -156,6 +156,13 @@ def test_symbols_of_other_venues_are_checked_against_what_a_trade_may_carry(cwd)
                     "BTC'USD: neither a symbol (A-Z 0-9 _ . -, 1 to 20 long) nor a pair")
 
 
+def test_symbols_of_several_venues_name_a_venue_each_spelled_its_way(cwd):
+    assert_one_line(pulse("live", "--symbols", "okx:BTC-USDT,nowhere:BTC-USD", cwd=cwd), 2, "live",
+                    "nowhere:BTC-USD: nowhere is not a venue (one of binance-usdm,")
+    assert_one_line(pulse("live", "--symbols", "okx:BTC-USDT,binance-spot:BTC/USDT", cwd=cwd), 2, "live",
+                    "BTC/USDT: not spelled as Binance spells symbols")
+
+
 def test_symbols_of_another_market(cwd):
     with double_in_thread([], market="coinm", listed={"BTCUSD_PERP": "TRADING"}) as double:
         env = {"PULSE_PRODUCER__REST_BASE_URL": double.rest_base_url, "PULSE_PRODUCER__WS_BASE_URL": double.ws_host_url}

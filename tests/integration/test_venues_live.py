@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import os
 from collections import Counter
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -261,15 +263,57 @@ def test_pulse_live_on_each_venue_in_a_terminal_stores_every_window_of_the_tape(
     with _terminal_double(venue) as (trades, title, env):
         expected = reference_windows(trades)
         symbols = sorted({t.symbol for t in trades})
-        terminal = Terminal([PULSE, "live", "--venue", venue, "--symbols", ",".join(symbols), "--data-dir",
-                             str(data_dir)], cwd, env)
-        try:
-            terminal.wait_for(lambda t: f"from {title} over 1 connection" in t.plain_output(), 240,
-                              "streaming to start")
-            screen, code = terminal.windows_then_ctrl_c(len(expected))
-        finally:
-            terminal.close()
+        screen = _live_in_terminal(["--venue", venue, "--symbols", ",".join(symbols)], data_dir, cwd, env,
+                                   f"from {title} over 1 connection", len(expected))
+    assert f"Pulse live · {title}" in screen
+    assert stored_windows(data_dir, cwd) == as_rows(expected)
+
+
+def _live_in_terminal(args: list[str], data_dir: Path, cwd: Path, env: dict[str, str], streaming: str,
+                      windows: int, shows: str = "") -> str:
+    """`pulse live ARGS` in a pty until it says `streaming` and its dashboard shows `shows` and counts
+    `windows`, then Ctrl-C: it must end with 0 and no traceback. The screen before Ctrl-C."""
+    terminal = Terminal([PULSE, "live", *args, "--data-dir", str(data_dir)], cwd, env)
+    try:
+        terminal.wait_for(lambda t: streaming in t.plain_output(), 240, "streaming to start")
+        # Both at once: the view settles on its final state once the tapes have ended.
+        terminal.wait_for(lambda t: f"· {windows} windows" in t.text() and shows in t.text(), 240,
+                          f"the dashboard to count {windows} windows and show {shows!r}")
+        screen = terminal.text()
+        terminal.ctrl_c()
+        code = terminal.wait(timeout_s=180)
+    finally:
+        terminal.close()
     output = terminal.plain_output()
-    assert code == 0, output[-3000:]
-    assert f"Pulse live · {title}" in screen and "Traceback" not in output
+    assert code == 0 and "Traceback" not in output, output[-3000:]
+    return screen
+
+
+def test_pulse_live_over_two_venues_at_once_groups_the_dashboard_by_asset_and_stores_each(tmp_path):
+    """`pulse live --symbols okx:BTC-USDT,coinbase:BTC-USD`: both venues stream side by side into one
+    run, each against its own double (named per venue in PULSE_PRODUCER__WS_BASE_URLS). OKX plays its
+    recorded BTC trades; no Coinbase recording has BTC, so Coinbase plays the same trades framed as
+    Coinbase sends them, 5 bps dearer. The dashboard shows BTC across the two (their spread: 5 bps),
+    then each venue's row; the store holds exactly each venue's reference windows."""
+    data_dir, cwd = tmp_path / "data", tmp_path / "cwd"
+    cwd.mkdir()
+    okx = okx_tape(venue_recording(OKX), spot_only=True)
+    coinbase = [TapeTrade("BTC-USD", str(1000 + n), str(Decimal(t.price) * Decimal("1.0005")), t.size, t.taker_buys,
+                          t.time_ms) for n, t in enumerate(okx)]
+    expected = {**reference_windows(tape_trades(okx)), **reference_windows(tape_trades(coinbase))}
+    with venue_double_in_thread("okx", okx, frames_per_s=100) as okx_double, \
+            venue_double_in_thread("coinbase", coinbase, frames_per_s=100) as coinbase_double:
+        env = {**os.environ, "PULSE_PRODUCER__WS_BASE_URLS": json.dumps({"okx": okx_double.url,
+                                                                          "coinbase": coinbase_double.url}),
+               "PULSE_PRODUCER__RECONNECT_INITIAL_S": "0.05", "PULSE_PRODUCER__STALL_TIMEOUT_S": "600"}
+        screen = _live_in_terminal(["--symbols", "okx:BTC-USDT,coinbase:BTC-USD"], data_dir, cwd, env,
+                                   "from OKX + Coinbase over 2 connections", len(expected), shows="spr 5.0bp")
+    assert "Pulse live · OKX + Coinbase · 2 symbols" in screen
+    lines = screen.splitlines()
+    btc = next((i for i, line in enumerate(lines) if line.startswith("BTC ×2 ")), None)
+    assert btc is not None, screen
+    # Once both venues' newest windows hold the same trades, their VWAPs are 5 bps apart.
+    assert "spr 5.0bp" in lines[btc], screen
+    assert sorted(line.split()[:2] for line in lines[btc + 1:btc + 3]) == [["coinbase", "BTC-USD"],
+                                                                           ["okx", "BTC-USDT"]], screen
     assert stored_windows(data_dir, cwd) == as_rows(expected)

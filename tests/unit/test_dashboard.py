@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
-from pulse.dashboard import BoardState, SymbolState, WarningCount, compact, plain_line, render
+from pulse.dashboard import BoardState, SymbolState, WarningCount, asset_rows, compact, plain_line, render
 
 SIGNALS = ["STRONG BUY", "ACCUMULATING", "NEUTRAL", "DISTRIBUTING", "STRONG SELL"]
 
@@ -116,3 +116,48 @@ def test_warning_count_counts_warnings_and_worse():
     finally:
         logger.removeHandler(counter)
     assert counter.count == 2
+
+
+def _venue_row(venue: str, symbol: str, asset: str, quote: str, vwap: float, volume: float, buy_volume: float,
+               net_delta: float, window_start: int = 1000) -> dict[str, object]:
+    return {"venue": venue, "symbol": symbol, "asset": asset, "quote": quote, "ws": window_start, "close": vwap,
+            "vwap": vwap, "net_delta": net_delta, "buy": 100 * buy_volume / volume, "volume": volume,
+            "buy_volume": buy_volume, "signal": "NEUTRAL"}
+
+
+def _venues_board() -> BoardState:
+    board = BoardState(title="Pulse live · OKX + Coinbase + Binance.US spot", live=True, by_venue=True)
+    for row, seen, rate_ in [(_venue_row("okx", "BTC-USDT", "BTC", "USDT", 100_000.0, 3.0, 2.0, 1.0), 1.0, 30.0),
+                             (_venue_row("coinbase", "BTC-USD", "BTC", "USD", 100_050.0, 1.0, 0.25, -0.5), 2.0, 10.0),
+                             (_venue_row("coinbase", "ETH-EUR", "ETH", "EUR", 3_000.0, 4.0, 1.0, -2.0), 1.5, 5.0)]:
+        state = board.symbol(str(row["symbol"]), str(row["venue"]))
+        state.apply(row, seen)
+        state.trades_per_s = rate_
+    board.symbol("BTCUSDT", "binance-us")  # subscribed, no window yet
+    return board
+
+
+def test_several_venues_group_by_asset_with_the_usd_family_as_one_quote():
+    btc, eth = asset_rows(_venues_board())
+    assert (btc.name, [s.venue for s in btc.venues], eth.name) == ("BTC", ["okx", "coinbase"], "ETH/EUR")
+    # By hand: (100000 x 3 + 100050 x 1) / 4; buys (2 + 0.25) / 4; the spread over the lower VWAP.
+    assert btc.vwap == 100_012.5 and btc.buy_pct == 56.25 and btc.net_delta == 0.5 and btc.trades_per_s == 40.0
+    assert btc.spread_bps is not None and abs(btc.spread_bps - 5.0) < 1e-9
+    assert btc.last_price == 100_050.0, "the venue updated last"
+    assert eth.spread_bps is None and eth.vwap == 3_000.0 and eth.buy_pct == 25.0
+
+
+def test_a_board_of_several_venues_shows_each_asset_then_its_venues_in_80_columns():
+    lines = _screen(_venues_board(), 24)
+    assert max(len(line) for line in lines) <= 80
+    body = [line for line in lines if line.startswith(("BTC", "ETH", " "))]
+    heads = [line.split()[0] for line in body]
+    assert heads == ["BTC", "okx", "coinbase", "ETH/EUR", "coinbase", "binance-us"], lines
+    assert "100012.5" in body[0] and "spr 5.0bp" in body[0] and "+0.5" in body[0]
+    assert "okx BTC-USDT " in body[1] and "coinbase BTC-USD " in body[2] and "coinbase ETH-EUR " in body[4]
+    assert "binance-us BTCUSDT " in body[5] and body[5].rstrip().endswith("-")
+
+
+def test_the_plain_line_of_several_venues_names_each_asset_across_them():
+    line = plain_line(_venues_board())
+    assert "BTC 100012.5 ×2 spr 5.0bp | ETH/EUR 3000.0 ×1 ·" in line

@@ -81,3 +81,17 @@ def test_only_a_real_time_mode_job_ends_itself_on_silence_and_a_batch_comes_on_t
     assert base.override(spark={"stall_exit_s": None}).stall_exit_after_s is None
     with pytest.raises(ValidationError, match="stall_exit_s"):
         base.override(spark={"stall_exit_s": 0})
+
+
+def test_each_venue_of_a_run_gets_its_own_urls_and_symbols():
+    producer = PulseSettings(_env_file=None, producer={  # type: ignore[call-arg, arg-type]
+        "ws_base_url": "ws://proxy:1", "ws_base_urls": {"okx": "ws://okx:2"},
+        "rest_base_urls": {"binance-spot": "http://spot:3"}}).producer
+    okx = producer.for_venue("okx", ["BTC-USDT"])
+    assert (okx.venue, okx.symbols, okx.ws_base_url, okx.rest_base_url) == ("okx", ["BTC-USDT"], "ws://okx:2", None)
+    spot = producer.for_venue("binance-spot", None)
+    assert (spot.market, spot.symbols, spot.ws_base_url, spot.rest_base_url) == (
+        "spot", ["BTCUSDT"], "ws://proxy:1", "http://spot:3")
+    assert producer.for_venue(None, None) == producer
+    with pytest.raises(ValidationError, match="ws_base_urls"):
+        PulseSettings(_env_file=None, producer={"ws_base_urls": {"nowhere": "ws://x"}})  # type: ignore[call-arg, arg-type]

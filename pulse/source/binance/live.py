@@ -22,7 +22,7 @@ import aiohttp
 from pulse.errors import PulseError, Unavailable, UsageError
 from pulse.model import Gap, Trade
 from pulse.settings import ProducerSettings, VenueName
-from pulse.source.base import FrameDecoder, Output, now_ms
+from pulse.source.base import FrameDecoder, Output, now_ms, run_side_by_side
 from pulse.source.binance.markets import Market, market_named
 from pulse.source.binance.rest import BinanceRest, WeightBudget
 from pulse.source.binance.sequencer import AggregateIdSequencer
@@ -149,17 +149,7 @@ class BinanceSource:
         self._out = out
         fill = BinanceGapFill(self.rest, self._reader) if self.rest is not None else None
         self.gaps = GapFiller(self._settings, self.sequencer, fill, out)
-        running = [asyncio.create_task(stream.run(stop)) for stream in self.streams]
-        try:
-            # A stream only ends when stopped, or by a bug in the frame path: that must surface.
-            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                task.result()
-        finally:
-            stop.set()
-            for task in running:
-                task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
+        await run_side_by_side([stream.run(stop) for stream in self.streams], stop)
 
     def gaps_pending(self) -> bool:
         return self.gaps is not None and self.gaps.pending
