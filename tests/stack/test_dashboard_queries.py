@@ -10,9 +10,11 @@ must have the columns the panel's visualisation needs.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -363,3 +365,49 @@ def test_play_queries_in_docs_run_on_the_schema(stack: Stack) -> None:
     for query in queries:
         rows = stack.transport.query_arrow(query.replace("now()", session_end))
         assert rows.num_rows > 0, query
+
+
+def _by_title(dashboard: dict[str, Any]) -> dict[str, str]:
+    return {p["title"]: t["rawSql"] for p in panels(dashboard) for t in p.get("targets", [])}
+
+
+def test_an_asset_across_venues_is_split_by_venue_as_the_reference(stack: Stack) -> None:
+    """A second venue (OKX, 5 bps dearer) trades the busiest symbol's asset in the same seconds: the
+    asset variable lists it first, and "Venues of $asset" gives each venue's trades, volume, VWAP, net
+    delta and share exactly as sums over the reference windows."""
+    trades = Counter[str]()
+    for (symbol, _), w in stack.windows.items():
+        trades[symbol] += w.trade_count
+    symbol = trades.most_common(1)[0][0]
+    asset = symbol.removesuffix("USDT")
+    ours = [w for (s, _), w in stack.windows.items() if s == symbol]
+    theirs = [replace(w, symbol=f"{asset}-USDT", vwap=w.vwap * 1.0005) for w in ours]
+    stack.transport.insert_arrow("pulse_metrics", arrow_table([
+        metrics_row(w, 2, utc(w.window_start_ms + 1000), venue="okx") | {"base_asset": asset, "quote_asset": "USDT"}
+        for w in theirs]))
+    (signals,) = [d for d in dashboards().values() if d["uid"] == "pulse-signals"]
+    tr = stack.time_range(RANGES["2d"][0])
+    variable = next(v for v in signals["templating"]["list"] if v["name"] == "asset")
+    assert stack.run(variable["query"], tr, {}).column(0).to_pylist()[0] == asset
+    rows = stack.run(_by_title(signals)["Venues of $asset"], tr, {"asset": asset}).to_pylist()
+    total = 2 * sum(w.total_volume for w in ours)
+    expected = {(venue, name): windows for venue, name, windows in
+                (("binance-usdm", symbol, ours), ("okx", f"{asset}-USDT", theirs))}
+    assert [(r["venue"], r["symbol"]) for r in rows] == sorted(expected, key=lambda k: (k[0], k[1]))
+    for row in rows:
+        windows = expected[(row["venue"], row["symbol"])]
+        volume = sum(w.total_volume for w in windows)
+        assert row["trades"] == sum(w.trade_count for w in windows)
+        assert math.isclose(row["volume"], volume, rel_tol=1e-9)
+        assert math.isclose(row["vwap"], sum(w.vwap * w.total_volume for w in windows) / volume, rel_tol=1e-9)
+        assert math.isclose(row["net_delta"], sum(w.net_delta for w in windows), rel_tol=1e-9, abs_tol=1e-9)
+        assert math.isclose(row["share"], volume / total, rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("asset", HOSTILE_SYMBOLS)
+def test_an_asset_variable_can_never_close_the_sql_string_it_lands_in(stack: Stack, asset: str) -> None:
+    tr = stack.time_range(RANGES["10m"][0])
+    queries = [sql for d in dashboards().values() for sql in _by_title(d).values() if "${asset" in sql]
+    assert len(queries) == 3
+    for sql in queries:
+        assert stack.run(sql, tr, {"asset": asset}).num_rows == 0, sql
