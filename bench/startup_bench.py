@@ -1,7 +1,10 @@
-"""Start-up benchmark: the JVMs Pulse starts, mapping the class archives `make setup` wrote vs without them.
+"""Start-up benchmark: the JVMs Pulse starts, mapping the class archives `make setup` wrote and compiling
+with C1 only (a run that ends by itself, PULSE_JIT=auto), vs without them.
 
-The peer is the same start with `PULSE_CLASS_ARCHIVES=off`, in the same run, the two alternating
-round by round so that a busier minute of the machine hits both. Measured per start:
+Three variants of each start, in the same run, alternating round by round so that a busier minute
+of the machine hits all: class archives and C1 only (what a replay gets); class archives and the
+full JIT (`PULSE_JIT=full`, what a run until Ctrl-C gets); neither (`PULSE_CLASS_ARCHIVES=off`,
+`PULSE_JIT=full`: the peer, a JVM as it comes). Measured per start:
 
 - the embedded Kafka broker: `LocalKafkaBroker.start()` (storage formatter + node JVM, until the
   port accepts) and its stop, wall time and the CPU time of its JVMs;
@@ -31,9 +34,14 @@ from pathlib import Path
 
 from pulse.broker.local_kafka import LocalKafkaBroker
 from pulse.jvm import FOLDER
-from pulse.settings import ClassArchives, PulseSettings
+from pulse.settings import ClassArchives, JitMode, PulseSettings
 
-MODES: tuple[ClassArchives, ClassArchives] = ("use", "off")
+# name -> (class archives, JIT); the last is the peer.
+VARIANTS: dict[str, tuple[ClassArchives, JitMode]] = {
+    "archives, C1 only (a replay's)": ("use", "quick"),
+    "archives, full JIT (a run until Ctrl-C's)": ("use", "full"),
+    "neither (peer)": ("off", "full"),
+}
 
 
 def _children_cpu_s() -> float:
@@ -41,9 +49,9 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def broker_start(jars_dir: Path, mode: ClassArchives) -> tuple[float, float]:
+def broker_start(jars_dir: Path, archives: ClassArchives, jit: JitMode) -> tuple[float, float]:
     with tempfile.TemporaryDirectory(prefix="pulse-bench-broker-") as folder:
-        broker = LocalKafkaBroker(jars_dir, Path(folder), class_archives=mode)
+        broker = LocalKafkaBroker(jars_dir, Path(folder), class_archives=archives, quick_jit=jit == "quick")
 
         cpu, begin = _children_cpu_s(), time.monotonic()
         broker.start()
@@ -52,10 +60,10 @@ def broker_start(jars_dir: Path, mode: ClassArchives) -> tuple[float, float]:
         return started, _children_cpu_s() - cpu
 
 
-def demo_run(mode: ClassArchives) -> tuple[float, float]:
+def demo_run(archives: ClassArchives, jit: JitMode) -> tuple[float, float]:
     with tempfile.TemporaryDirectory(prefix="pulse-bench-demo-") as folder:
         command = [sys.executable, "-m", "pulse.cli", "demo", "--speed", "max", "--no-live-view", "--data-dir", folder]
-        env = {**os.environ, "PULSE_CLASS_ARCHIVES": mode}
+        env = {**os.environ, "PULSE_CLASS_ARCHIVES": archives, "PULSE_JIT": jit}
         wall = time.monotonic()
         subprocess.run(command, cwd=folder, env=env, check=True, stdout=subprocess.DEVNULL)
         return time.monotonic() - wall, math.nan
@@ -63,7 +71,7 @@ def demo_run(mode: ClassArchives) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5, help="starts of each kind, with and without archives")
+    parser.add_argument("--rounds", type=int, default=5, help="starts of each kind and variant")
     parser.add_argument("--only", choices=["broker", "demo"], help="measure one kind of start")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of the headline numbers")
     args = parser.parse_args()
@@ -71,8 +79,8 @@ def main() -> None:
     archives = sorted(p.name for p in (settings.jars_dir / FOLDER).glob("*.jsa"))
     if not archives:
         sys.exit(f"no class archives in {settings.jars_dir / FOLDER}: run `make setup` first")
-    kinds: dict[str, Callable[[ClassArchives], tuple[float, float]]] = {
-        "broker": lambda mode: broker_start(settings.jars_dir, mode), "demo": demo_run}
+    kinds: dict[str, Callable[[ClassArchives, JitMode], tuple[float, float]]] = {
+        "broker": lambda archives, jit: broker_start(settings.jars_dir, archives, jit), "demo": demo_run}
     if args.only:
         kinds = {args.only: kinds[args.only]}
 
@@ -81,23 +89,24 @@ def main() -> None:
     samples: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for _ in range(args.rounds):
         for kind, start in kinds.items():
-            for mode in MODES:
-                samples.setdefault((kind, mode), []).append(start(mode))
+            for name, (mapped, jit) in VARIANTS.items():
+                samples.setdefault((kind, name), []).append(start(mapped, jit))
     print()
-    print("| start | class archives | wall, median (s) | CPU, median (s) |")
+    print("| start | variant | wall, median (s) | CPU, median (s) |")
     print("|---|---|---:|---:|")
     headline: dict[str, float] = {}
+    names = list(VARIANTS)
+    first, peer = names[0], names[-1]
     for kind in kinds:
-        for mode in MODES:
-            walls, cpus = zip(*samples[(kind, mode)], strict=True)
+        for name, (mapped, jit) in VARIANTS.items():
+            walls, cpus = zip(*samples[(kind, name)], strict=True)
             wall, cpu = statistics.median(walls), statistics.median(cpus)
-            headline[f"{kind}_{mode}_wall_s"], headline[f"{kind}_{mode}_cpu_s"] = wall, cpu
-            label = "mapped (make setup's)" if mode == "use" else "none (peer)"
-            print(f"| {'embedded broker start' if kind == 'broker' else 'pulse demo --speed max'} | {label} "
+            samples[(kind, name)] = [(wall, cpu)]
+            headline[f"{kind}_{mapped}_{jit}_wall_s"], headline[f"{kind}_{mapped}_{jit}_cpu_s"] = wall, cpu
+            print(f"| {'embedded broker start' if kind == 'broker' else 'pulse demo --speed max'} | {name} "
                   f"| {wall:.2f} | {_cell(cpu)} |")
-        wall_ratio = headline[f"{kind}_off_wall_s"] / headline[f"{kind}_use_wall_s"]
-        cpu_ratio = headline[f"{kind}_off_cpu_s"] / headline[f"{kind}_use_cpu_s"]
-        print(f"| {kind}: peer / with archives | | {wall_ratio:.2f}x | {_cell(cpu_ratio, 'x')} |")
+        (wall_a, cpu_a), (wall_p, cpu_p) = samples[(kind, first)][0], samples[(kind, peer)][0]
+        print(f"| {kind}: peer / {first} | | {wall_p / wall_a:.2f}x | {_cell(cpu_p / cpu_a, 'x')} |")
     if args.json:
         print(json.dumps({key: value for key, value in headline.items() if not math.isnan(value)}))
 

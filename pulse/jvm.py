@@ -37,6 +37,12 @@ def archive_options(jars_dir: Path, jvm: str, mode: ClassArchives) -> list[str]:
     return [f"-XX:SharedArchiveFile={archive}"] if mode == "use" and archive.exists() else []
 
 
+def jit_options(quick: bool) -> list[str]:
+    """A short-lived JVM spends much of its CPU in the C2 compiler on code it leaves before that
+    pays off; stopping at C1 keeps the compiled code's fast start (bench/startup_bench.py)."""
+    return ["-XX:TieredStopAtLevel=1"] if quick else []
+
+
 def keep_written(jars_dir: Path, classpaths: Mapping[str, str], timeout_s: float = 60.0) -> dict[str, str]:
     """Each archive the warm-up's JVMs wrote becomes the one later starts map, if a JVM with the same
     classpath maps it with sharing required (`-Xshare:on` fails instead of going on without it).

@@ -288,7 +288,7 @@ class Runtime:
 
     def __init__(self, plan: Plan, observer: Observer = quiet) -> None:
         self.plan = plan
-        self.settings = plan.settings
+        self.settings = plan.settings.jit_for(bounded=plan.until is not Until.STOPPED)
         self._observer = observer
         self._parts = _Parts()
         self._started_at = time.monotonic()
@@ -376,7 +376,7 @@ class Runtime:
             step("broker", f"starting the Kafka broker (KRaft, single node) under {settings.data_dir / 'kafka'}")
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             parts.broker = LocalKafkaBroker(settings.jars_dir, settings.data_dir,
-                                            class_archives=settings.class_archives)
+                                            class_archives=settings.class_archives, quick_jit=settings.quick_jit)
             with _sigint_ignored_by_children():
                 parts.bootstrap = parts.broker.start()
         call(lambda: ensure_topics(

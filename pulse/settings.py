@@ -63,6 +63,11 @@ VenueName = Literal["binance-usdm", "binance-spot", "binance-coinm", "binance-us
 # The JVMs' class-data archives (pulse.jvm): "use" maps them when present, "off" never does,
 # "write" is the warm-up run of `make setup` whose JVMs dump them at exit.
 ClassArchives = Literal["use", "off", "write"]
+# How much the JVMs compile (pulse.jvm.jit_options): "quick" stops at the C1 compiler, "full" adds C2,
+# "auto" is quick for a run that ends by itself (a replay, --until-idle) and full for one that runs
+# until stopped. Measured (docs/benchmarks.md): C1 alone takes about 30% off a replay's CPU and 40%
+# off the job's backlog rate, so only a run that stays up earns C2's compile time back.
+JitMode = Literal["auto", "quick", "full"]
 
 
 class ProducerSettings(BaseModel):
@@ -285,6 +290,7 @@ class PulseSettings(BaseSettings):
     clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
     # The JVMs' class-data archives under <jars_dir>/class-archives (pulse/jvm.py).
     class_archives: ClassArchives = "use"
+    jit: JitMode = "auto"
 
     def override(self, **changes: Any) -> Self:
         """A copy with `changes` applied and validated as the environment would be.
@@ -293,6 +299,17 @@ class PulseSettings(BaseSettings):
         """
         merged = _merge(self.model_dump(), changes)
         return self.model_validate(merged)
+
+    def jit_for(self, bounded: bool) -> PulseSettings:
+        """These settings with "auto" decided for a run that ends by itself (`bounded`) or not."""
+        if self.jit != "auto":
+            return self
+        return self.override(jit="quick" if bounded else "full")
+
+    @property
+    def quick_jit(self) -> bool:
+        """Outside a run ("auto" not decided), the JVM compiles fully."""
+        return self.jit == "quick"
 
     @property
     def checkpoint_dir(self) -> Path:

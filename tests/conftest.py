@@ -34,13 +34,14 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def base_settings(run_dir: Path) -> PulseSettings:
     # Ports 0: tests run many producers and jobs, each serving /metrics and /health on a port of its own.
+    # JIT "quick": the shared broker and Spark serve runs that end by themselves, as a replay's do.
     return PulseSettings(_env_file=None, data_dir=run_dir).override(  # type: ignore[call-arg]
-        producer={"metrics_port": 0}, spark={"health_port": 0})
+        producer={"metrics_port": 0}, spark={"health_port": 0}, jit="quick")
 
 
 @pytest.fixture(scope="session")
 def kafka(base_settings: PulseSettings) -> Iterator[LocalKafkaBroker]:
-    broker = LocalKafkaBroker(base_settings.jars_dir, base_settings.data_dir)
+    broker = LocalKafkaBroker(base_settings.jars_dir, base_settings.data_dir, quick_jit=base_settings.quick_jit)
     broker.start()
     yield broker
     broker.stop()

@@ -32,7 +32,7 @@ from aiokafka.errors import KafkaError, for_code
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from pulse.errors import PulseError, first_line
-from pulse.jvm import archive_options
+from pulse.jvm import archive_options, jit_options
 from pulse.settings import ClassArchives
 
 _PR_SET_PDEATHSIG = 1
@@ -97,13 +97,14 @@ class LocalKafkaBroker:
     """
 
     def __init__(self, jars_dir: Path, data_dir: Path, heap: str = "512m", nodes: int = 1,
-                 class_archives: ClassArchives = "use") -> None:
+                 class_archives: ClassArchives = "use", quick_jit: bool = False) -> None:
         if nodes < 1:
             raise ValueError(f"a Kafka cluster needs at least one node, got {nodes}")
         self.jars_dir = jars_dir
         self.classpath_dir = jars_dir / "kafka-broker"
         # Nodes of a cluster would all dump to one file: only a single node writes archives.
         self.class_archives: ClassArchives = "use" if class_archives == "write" and nodes > 1 else class_archives
+        self.quick_jit = quick_jit
         self.home = data_dir / "kafka"
         self.heap = heap
         homes = [self.home] if nodes == 1 else [self.home / f"node-{i}" for i in range(1, nodes + 1)]
@@ -139,6 +140,8 @@ class LocalKafkaBroker:
         return [
             "java", f"-Xmx{self.heap}", "-Xms128m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
             *archive_options(self.jars_dir, jvm, self.class_archives),
+            # The storage formatter lives a second: never worth C2.
+            *jit_options(self.quick_jit or jvm == "kafka-storage-tool"),
             f"-Dlog4j2.configurationFile={node.home / 'log4j2.properties'}",
             f"-Dkafka.logs.dir={node.home / 'logs'}",
             "-cp", self.classpath, main_class, *args,

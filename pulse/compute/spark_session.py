@@ -24,7 +24,7 @@ from pyspark.errors import PySparkException
 from pyspark.sql import SparkSession
 
 from pulse.errors import SparkStartFailed
-from pulse.jvm import archive_options
+from pulse.jvm import archive_options, jit_options
 from pulse.settings import PulseSettings
 
 # log4j2 for the driver (local mode runs the executors in it too). WARN keeps the file readable;
@@ -106,7 +106,8 @@ def build_spark_session(settings: PulseSettings) -> SparkSession:
     local_dir = data_dir / "spark-local"
     local_dir.mkdir(parents=True, exist_ok=True)
     archive = archive_options(settings.jars_dir, SPARK_DRIVER, settings.class_archives)
-    java_options = " ".join([f"-Dlog4j2.configurationFile={log4j_config(settings)}", *archive])
+    java_options = " ".join([f"-Dlog4j2.configurationFile={log4j_config(settings)}", *archive,
+                             *jit_options(settings.quick_jit)])
     extra = dict(spark_settings.extra_conf)
     if "spark.driver.extraJavaOptions" in extra:
         java_options = f"{java_options} {extra.pop('spark.driver.extraJavaOptions')}"
