@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,13 @@ from tests.support.names import unique_name
 # tests, nor the `pulse` commands they start with this environment: every test sets what it needs.
 for _name in [name for name in os.environ if name.startswith("PULSE_")]:
     del os.environ[_name]
+
+# A suite started in the background (`cmd &` in a script, CI runners) inherits an ignored SIGINT, and
+# every `pulse` command it starts would too: Python leaves an inherited SIG_IGN as it is, so a demo
+# told to stop by SIGINT would play on. The tests stand in for a user at a terminal, whose Ctrl-C
+# reaches the command: a Python handler here is reset to the default in each child at exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

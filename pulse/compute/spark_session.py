@@ -131,6 +131,9 @@ def build_spark_session(settings: PulseSettings) -> SparkSession:
         .config("spark.driver.extraJavaOptions", java_options)
         .config("spark.log.level", "WARN")
     )
+    if settings.quick_jit and "spark.executor.extraJavaOptions" not in extra:
+        # A cluster's executors live as long as the run: C1 only for them too.
+        builder = builder.config("spark.executor.extraJavaOptions", " ".join(jit_options(quick=True)))
     for key, value in extra.items():
         builder = builder.config(key, value)
     with _own_sigint(), _start_failures():

@@ -137,8 +137,7 @@ def test_pulse_process_leaves_the_working_directory_empty(kafka, tmp_path):
 def test_interrupted_demo_leaves_no_process_behind(tmp_path):
     data_dir = tmp_path / "interrupted"
     demo = subprocess.Popen([PULSE, "demo", "--data-dir", str(data_dir), "--speed", "1"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert demo.stdout is not None
         seen = []
@@ -151,12 +150,7 @@ def test_interrupted_demo_leaves_no_process_behind(tmp_path):
         # A replay ends by itself: its JVMs compile with C1 only (PULSE_JIT=auto).
         assert all("-XX:TieredStopAtLevel=1" in jvm.cmdline() for jvm in jvms), [jvm.cmdline() for jvm in jvms]
         os.kill(demo.pid, signal.SIGINT)
-        try:
-            output = demo.communicate(timeout=120)[0]
-        except subprocess.TimeoutExpired:
-            demo.send_signal(signal.SIGABRT)  # faulthandler: where each thread waits, on the output
-            output = demo.communicate(timeout=30)[0]
-            pytest.fail(f"the demo did not stop within 120 s of SIGINT:\n{output[-6000:]}")
+        output = demo.communicate(timeout=120)[0]
         assert demo.returncode == 130, output[-2000:]
         _, alive = psutil.wait_procs(jvms, timeout=30)
         assert not alive, f"JVMs outlived the interrupted demo: {alive}"

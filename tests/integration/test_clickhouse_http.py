@@ -175,7 +175,7 @@ def test_the_kafka_broker_down_under_the_job_loses_nothing(base_settings, databa
     """The job's broker is gone for OUTAGE_S between two halves of a recording: the job waits it out
     and the table ends equal to the reference (the producer's side of a broker outage is
     test_producer_resilience.py)."""
-    broker = LocalKafkaBroker(base_settings.jars_dir, tmp_path / "own-broker")
+    broker = LocalKafkaBroker(base_settings.jars_dir, tmp_path / "own-broker", quick_jit=base_settings.quick_jit)
     broker.start()
     try:
         topics = fresh_topics(broker.bootstrap)

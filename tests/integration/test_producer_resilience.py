@@ -82,7 +82,7 @@ def test_full_queue_drops_the_oldest_keeps_the_newest_and_counts(kafka, base_set
 
 
 def test_broker_killed_and_restarted_mid_stream_the_producer_resumes(base_settings, tmp_path):
-    broker = LocalKafkaBroker(base_settings.jars_dir, tmp_path / "own-broker")
+    broker = LocalKafkaBroker(base_settings.jars_dir, tmp_path / "own-broker", quick_jit=base_settings.quick_jit)
     broker.start()
     try:
         topics = fresh_topics(broker.bootstrap, partitions=1)

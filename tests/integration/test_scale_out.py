@@ -260,7 +260,8 @@ def _batch_id(query: Any) -> int:
 
 @pytest.fixture
 def kafka_cluster(base_settings: PulseSettings, tmp_path: Path) -> Iterator[LocalKafkaBroker]:
-    cluster = LocalKafkaBroker(base_settings.jars_dir, tmp_path / "kafka-cluster", nodes=3)
+    cluster = LocalKafkaBroker(base_settings.jars_dir, tmp_path / "kafka-cluster", nodes=3,
+                               quick_jit=base_settings.quick_jit)
     try:
         cluster.start()
         yield cluster

@@ -48,7 +48,8 @@ def spark_env(root: Path) -> dict[str, str]:
         "SPARK_LOCAL_IP": "127.0.0.1",
         "SPARK_LOG_DIR": str(root / "logs"),
         # Marks the daemons' command lines, so a leftover is recognisable by its root folder.
-        "SPARK_DAEMON_JAVA_OPTS": f"-Dpulse.test.root={root}",
+        # C1 only, as the runs they serve get (PULSE_JIT=auto): the daemons mostly wait on two cores.
+        "SPARK_DAEMON_JAVA_OPTS": f"-Dpulse.test.root={root} -XX:TieredStopAtLevel=1",
     })
     return env
 
