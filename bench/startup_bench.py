@@ -95,17 +95,17 @@ def main() -> None:
     print("| start | variant | wall, median (s) | CPU, median (s) |")
     print("|---|---|---:|---:|")
     headline: dict[str, float] = {}
+    medians: dict[tuple[str, str], tuple[float, float]] = {}
     names = list(VARIANTS)
     first, peer = names[0], names[-1]
     for kind in kinds:
         for name, (mapped, jit) in VARIANTS.items():
             walls, cpus = zip(*samples[(kind, name)], strict=True)
-            wall, cpu = statistics.median(walls), statistics.median(cpus)
-            samples[(kind, name)] = [(wall, cpu)]
+            wall, cpu = medians[(kind, name)] = statistics.median(walls), statistics.median(cpus)
             headline[f"{kind}_{mapped}_{jit}_wall_s"], headline[f"{kind}_{mapped}_{jit}_cpu_s"] = wall, cpu
             print(f"| {'embedded broker start' if kind == 'broker' else 'pulse demo --speed max'} | {name} "
                   f"| {wall:.2f} | {_cell(cpu)} |")
-        (wall_a, cpu_a), (wall_p, cpu_p) = samples[(kind, first)][0], samples[(kind, peer)][0]
+        (wall_a, cpu_a), (wall_p, cpu_p) = medians[(kind, first)], medians[(kind, peer)]
         print(f"| {kind}: peer / {first} | | {wall_p / wall_a:.2f}x | {_cell(cpu_p / cpu_a, 'x')} |")
     if args.json:
         print(json.dumps({key: value for key, value in headline.items() if not math.isnan(value)}))
