@@ -42,8 +42,11 @@ setup: $(VENV)/.installed $(JARS)/kafka-broker/.fetched $(JARS)/spark-kafka/.fet
 demo: setup ## replay the bundled recording through Kafka -> Spark -> ClickHouse (chDB), with a live view
 	$(VENV)/bin/pulse demo --data-dir $(DATA_DIR)
 
+# Workers of pytest-xdist: most tests wait (on a JVM, a batch, an outage) more than they compute, so
+# more workers than cores; groups keep the tests of one shared cluster or run on one worker.
+TEST_WORKERS ?= 3
 test: setup lint ## lint, then unit and integration tests on the real local broker, Spark and chDB
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --no-loadscope-reorder
 
 test-unit: setup ## only the pure unit tests
 	$(VENV)/bin/pytest tests/unit

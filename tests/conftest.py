@@ -13,6 +13,7 @@ import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,6 +33,40 @@ for _name in [name for name in os.environ if name.startswith("PULSE_")]:
 # reaches the command: a Python handler here is reset to the default in each child at exec.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+# Modules whose tests share a module fixture (a cluster, one `make demo`): one worker runs each whole.
+ONE_WORKER_MODULES = frozenset({
+    "tests/integration/test_scale_out.py",
+    "tests/integration/test_kafka_cluster.py",
+    "tests/integration/test_make_demo.py",
+    "tests/stack/test_cluster_schema.py",
+})
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`make test`'s workers (pytest-xdist) take one test at a time, in the order below, except that a
+    module of ONE_WORKER_MODULES goes to one worker whole. (xdist's own `--dist loadgroup` marks do
+    not group under pytest 9: they rename `item._nodeid`, which pytest 9 no longer reads.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class TestsOrSharedModules(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in ONE_WORKER_MODULES else nodeid
+
+    return TestsOrSharedModules(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The order tests are handed out: the drills that wait out real timeouts first, so that their
+    waits overlap the rest, then the other integration tests, the stack checks, and the unit tests,
+    short ones that fill the last gaps. A plain `pytest` runs them in the same order."""
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("slow"):
+            return 0
+        return {"integration": 1, "stack": 2}.get(item.path.parent.name, 3)
+    items.sort(key=rank)
 
 
 @pytest.fixture(scope="session")

@@ -165,6 +165,7 @@ def test_asset_metrics_across_three_venues_match_an_independent_computation(tmp_
     assert any(w["venues"] == 3 for w in expected.values()), "a second where all three venues traded BTC"
 
 
+@pytest.mark.slow
 def test_asset_metrics_from_two_live_venues_match_an_independent_computation(kafka, spark, database, settings):
     """The live path: OKX's and Coinbase's doubles stream BTC in the same seconds, each to its own
     `pulse produce`-style producer (the runtime's ProducerService on live_source), into one topic."""

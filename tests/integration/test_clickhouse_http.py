@@ -99,6 +99,7 @@ def test_http_failures_end_pulse_sql_with_one_line(endpoint, store_name, fault, 
     assert error.endswith("check PULSE_CLICKHOUSE__* settings")
 
 
+@pytest.mark.slow
 def test_clickhouse_down_mid_stream_turns_health_red_and_loses_nothing(kafka, settings, endpoint, store_name,
                                                                      tmp_path):
     """The store is unreachable for OUTAGE_S while trades keep coming: the writer retries with backoff,
@@ -132,6 +133,7 @@ def test_clickhouse_down_mid_stream_turns_health_red_and_loses_nothing(kafka, se
     assert doubled == 0
 
 
+@pytest.mark.slow
 def test_the_job_killed_while_clickhouse_is_down_restarts_exact(kafka, base_settings, endpoint, store_name, tmp_path):
     database, local = store_name
     topics = fresh_topics(kafka.bootstrap)
@@ -171,6 +173,7 @@ def _health(port: int) -> tuple[int, dict[str, Any]]:
 
 
 
+@pytest.mark.slow
 def test_the_kafka_broker_down_under_the_job_loses_nothing(base_settings, database, tmp_path):
     """The job's broker is gone for OUTAGE_S between two halves of a recording: the job waits it out
     and the table ends equal to the reference (the producer's side of a broker outage is

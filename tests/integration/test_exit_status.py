@@ -27,8 +27,9 @@ def _bench(module: str, cwd: Path, env: dict[str, str], *args: str) -> subproces
 @pytest.mark.parametrize(("module", "env", "args"), [
     ("bench.producer_bench", {}, ("--frames", "20000", "--seed-frames", "500", "--seconds", "2", "--json")),
     # A smoke run: one second per job, no warm-up run, and JVMs that skip C2 (nothing is measured here).
-    ("bench.processor_bench", {"BENCH_SECONDS": "1", "BENCH_BACKLOG": "2000", "BENCH_WARMUP_SECONDS": "0",
-                               "PULSE_JIT": "quick"}, ("--json",)),
+    pytest.param("bench.processor_bench", {"BENCH_SECONDS": "1", "BENCH_BACKLOG": "2000",
+                                           "BENCH_WARMUP_SECONDS": "0", "PULSE_JIT": "quick"}, ("--json",),
+                 marks=pytest.mark.slow),
     # Broker starts only, one of each: a demo pair would add ~40 s for a path the test suite runs anyway.
     ("bench.startup_bench", {}, ("--rounds", "1", "--only", "broker", "--json")),
 ], ids=["producer_bench", "processor_bench", "startup_bench"])

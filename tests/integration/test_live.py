@@ -44,7 +44,9 @@ def live_env(double: BinanceDouble, **extra: str) -> dict[str, str]:
             "PULSE_PRODUCER__REST_BASE_URL": double.rest_base_url,
             # The double's tape ends; quiet shards stay connected rather than reconnecting every 30 s.
             "PULSE_PRODUCER__STALL_TIMEOUT_S": "600", "PULSE_PRODUCER__RECONNECT_INITIAL_S": "0.05",
-            "PULSE_PRODUCER__RECONNECT_MAX_S": "0.5", **extra}
+            "PULSE_PRODUCER__RECONNECT_MAX_S": "0.5",
+            # A test's live run lasts seconds: its JVMs compile as a replay's do (C1 only), not for hours.
+            "PULSE_JIT": "quick", **extra}
 
 
 def expected_windows(symbols: set[str] | None = None) -> dict[tuple[str, int], RefWindow]:

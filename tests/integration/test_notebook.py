@@ -40,6 +40,7 @@ def _outputs(notebook: nbformat.NotebookNode, mime: str) -> int:
 PROCESSOR_ROWS = "SELECT symbol, trade_count, version FROM pulse_metrics"
 
 
+@pytest.mark.slow
 def test_the_notebook_runs_headless_and_writes_the_reference_windows(kafka, topics, chdb_engine, base_settings,
                                                                      tmp_path, monkeypatch):
     kernel = nbformat.read(NOTEBOOK, as_version=4).metadata.kernelspec.name

@@ -115,6 +115,7 @@ def _assert_same_windows(actual: list[dict[str, Any]], expected: list[dict[str, 
                 assert str(left) == str(right), (column, got, want)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["realtime", "microbatch"])
 def test_kill_minus_nine_of_the_job_and_restart_equals_an_uninterrupted_run(
         mode, kafka, spark, database, settings, tmp_path):

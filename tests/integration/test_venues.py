@@ -15,6 +15,7 @@ import pytest
 
 from tests.integration.test_cli import PULSE, run, sql_rows
 from tests.support.binance_double import COINM_NAMES, agg_trades_from_recording, coinm_contract_usd, relabel
+from tests.support.names import on_broker
 from tests.support.recordings import SPOT_RAW, USDM_RAW, recording
 from tests.support.reference import RefTrade, assert_windows_match, reference_windows
 from tests.support.venue_double import write_recording
@@ -36,13 +37,13 @@ from tests.support.venue_reference import (
 pytestmark = pytest.mark.integration
 
 
-def test_pulse_demo_of_okx_swaps_futures_and_spot_matches_the_reference(tmp_path):
+def test_pulse_demo_of_okx_swaps_futures_and_spot_matches_the_reference(tmp_path, kafka):
     """The acceptance path: `pulse demo --input F --venue okx --instruments I`. Inverse contracts (a
     delivery future, a perpetual swap) become base units with each instrument's contract value."""
     data_dir = tmp_path / "okx"
     path, instruments = venue_recording(OKX), venue_recording(OKX_INSTRUMENTS)
     result = run(PULSE, "demo", "--input", str(path), "--venue", "okx", "--instruments", str(instruments),
-                 "--speed", "max", "--data-dir", str(data_dir), "--no-live-view")
+                 "--speed", "max", "--data-dir", str(data_dir), "--no-live-view", env=on_broker(kafka.bootstrap))
     trades = okx_trades(path, instruments)
     reference = reference_windows(trades)
     assert f"trades in:        {len(trades)} (published {len(trades)}, dead-lettered 0" in result.stdout
@@ -57,12 +58,12 @@ def test_pulse_demo_of_okx_swaps_futures_and_spot_matches_the_reference(tmp_path
     (COINBASE, "coinbase", coinbase_trades),
     (BINANCE_US, "binance-us", binance_us_trades),
 ])
-def test_pulse_demo_of_each_venue_matches_the_reference(tmp_path, name, venue, read):
+def test_pulse_demo_of_each_venue_matches_the_reference(tmp_path, kafka, name, venue, read):
     """`pulse demo --input F --venue V` on Coinbase's Exchange-feed matches (the maker's side, snapshot
     `last_match` trades counted once) and Binance.US's aggTrades."""
     data_dir, path = tmp_path / venue, venue_recording(name)
     result = run(PULSE, "demo", "--input", str(path), "--venue", venue, "--speed", "max", "--data-dir",
-                 str(data_dir), "--no-live-view")
+                 str(data_dir), "--no-live-view", env=on_broker(kafka.bootstrap))
     trades = read(path)
     assert f"trades in:        {len(trades)} (published {len(trades)}, dead-lettered 0" in result.stdout
     rows = sql_rows(data_dir, "SELECT *, toUnixTimestamp64Milli(window_start) AS window_start_ms"
@@ -88,7 +89,7 @@ def _coinm(folder: Path) -> tuple[Path, Path, list[RefTrade]]:
 
 
 @pytest.mark.parametrize("venue", ["bybit-linear", "bybit-spot", "coinbase", "binance-coinm", "kraken"])
-def test_pulse_demo_of_the_venues_without_a_recording_matches_the_reference(tmp_path, venue):
+def test_pulse_demo_of_the_venues_without_a_recording_matches_the_reference(tmp_path, kafka, venue):
     """Bybit's linear UUID ids (open and close follow time), Bybit spot, Coinbase Advanced Trade's
     `market_trades` (its snapshot trade sent again as an update counts once), COIN-M contracts, and
     Kraken v2 (`BTC/USD` names, numbers for price and size, a snapshot trade and heartbeats)."""
@@ -105,7 +106,7 @@ def test_pulse_demo_of_the_venues_without_a_recording_matches_the_reference(tmp_
         trades = tape_trades(tape)
     data_dir = tmp_path / "data"
     result = run(PULSE, "demo", "--input", str(path), "--venue", venue, *instruments, "--speed", "max",
-                 "--data-dir", str(data_dir), "--no-live-view")
+                 "--data-dir", str(data_dir), "--no-live-view", env=on_broker(kafka.bootstrap))
     assert f"trades in:        {len(trades)} (published {len(trades)}, dead-lettered 0" in result.stdout
     rows = sql_rows(data_dir, "SELECT *, toUnixTimestamp64Milli(window_start) AS window_start_ms"
                               " FROM pulse_metrics FINAL")

@@ -36,6 +36,7 @@ from tests.support.binance_double import (
     double_in_thread,
     relabel,
 )
+from tests.support.names import on_broker
 from tests.support.producer_harness import consume_all, fresh_topics, running_producer, scraped, wait_until
 from tests.support.recordings import SPOT_RAW, USDM_RAW, recording
 from tests.support.reference import RefTrade, reference_windows
@@ -255,7 +256,7 @@ def _binance_tape(venue: str) -> tuple[list[dict[str, Any]], list[RefTrade], str
 
 @pytest.mark.parametrize("venue", ["okx", "coinbase", "bybit-linear", "bybit-spot", "kraken", "binance-us",
                                    "binance-spot", "binance-coinm"])
-def test_pulse_live_on_each_venue_in_a_terminal_stores_every_window_of_the_tape(tmp_path, venue):
+def test_pulse_live_on_each_venue_in_a_terminal_stores_every_window_of_the_tape(tmp_path, kafka, venue):
     """`pulse live --venue V` as a user runs it, in a pty, against the venue's double: the dashboard
     counts the tape's windows, Ctrl-C ends it with exit 0, and `pulse sql` finds exactly the reference's."""
     data_dir, cwd = tmp_path / "data", tmp_path / "cwd"
@@ -263,8 +264,9 @@ def test_pulse_live_on_each_venue_in_a_terminal_stores_every_window_of_the_tape(
     with _terminal_double(venue) as (trades, title, env):
         expected = reference_windows(trades)
         symbols = sorted({t.symbol for t in trades})
-        screen = _live_in_terminal(["--venue", venue, "--symbols", ",".join(symbols)], data_dir, cwd, env,
-                                   f"from {title} over 1 connection", len(expected))
+        screen = _live_in_terminal(["--venue", venue, "--symbols", ",".join(symbols)], data_dir, cwd,
+                                   {**env, **on_broker(kafka.bootstrap)}, f"from {title} over 1 connection",
+                                   len(expected))
     assert f"Pulse live · {title}" in screen
     assert stored_windows(data_dir, cwd) == as_rows(expected)
 
@@ -272,8 +274,10 @@ def test_pulse_live_on_each_venue_in_a_terminal_stores_every_window_of_the_tape(
 def _live_in_terminal(args: list[str], data_dir: Path, cwd: Path, env: dict[str, str], streaming: str,
                       windows: int, shows: str = "") -> str:
     """`pulse live ARGS` in a pty until it says `streaming` and its dashboard shows `shows` and counts
-    `windows`, then Ctrl-C: it must end with 0 and no traceback. The screen before Ctrl-C."""
-    terminal = Terminal([PULSE, "live", *args, "--data-dir", str(data_dir)], cwd, env)
+    `windows`, then Ctrl-C: it must end with 0 and no traceback. The screen before Ctrl-C. The runs
+    use the suite's broker (`on_broker`): the embedded one's start is `pulse live`'s test in test_live.py."""
+    # A test's live run lasts seconds: its JVMs compile as a replay's do (C1 only), not for hours.
+    terminal = Terminal([PULSE, "live", *args, "--data-dir", str(data_dir)], cwd, {**env, "PULSE_JIT": "quick"})
     try:
         terminal.wait_for(lambda t: streaming in t.plain_output(), 240, "streaming to start")
         # Both at once: the view settles on its final state once the tapes have ended.
@@ -289,7 +293,7 @@ def _live_in_terminal(args: list[str], data_dir: Path, cwd: Path, env: dict[str,
     return screen
 
 
-def test_pulse_live_over_two_venues_at_once_groups_the_dashboard_by_asset_and_stores_each(tmp_path):
+def test_pulse_live_over_two_venues_at_once_groups_the_dashboard_by_asset_and_stores_each(tmp_path, kafka):
     """`pulse live --symbols okx:BTC-USDT,coinbase:BTC-USD`: both venues stream side by side into one
     run, each against its own double (named per venue in PULSE_PRODUCER__WS_BASE_URLS). OKX plays its
     recorded BTC trades; no Coinbase recording has BTC, so Coinbase plays the same trades framed as
@@ -305,7 +309,8 @@ def test_pulse_live_over_two_venues_at_once_groups_the_dashboard_by_asset_and_st
             venue_double_in_thread("coinbase", coinbase, frames_per_s=100) as coinbase_double:
         env = {**os.environ, "PULSE_PRODUCER__WS_BASE_URLS": json.dumps({"okx": okx_double.url,
                                                                           "coinbase": coinbase_double.url}),
-               "PULSE_PRODUCER__RECONNECT_INITIAL_S": "0.05", "PULSE_PRODUCER__STALL_TIMEOUT_S": "600"}
+               "PULSE_PRODUCER__RECONNECT_INITIAL_S": "0.05", "PULSE_PRODUCER__STALL_TIMEOUT_S": "600",
+               **on_broker(kafka.bootstrap)}
         screen = _live_in_terminal(["--symbols", "okx:BTC-USDT,coinbase:BTC-USD"], data_dir, cwd, env,
                                    "from OKX + Coinbase over 2 connections", len(expected), shows="spr 5.0bp")
     assert "Pulse live · OKX + Coinbase · 2 symbols" in screen
