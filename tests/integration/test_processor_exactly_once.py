@@ -133,8 +133,10 @@ def test_kill_minus_nine_of_the_job_and_restart_equals_an_uninterrupted_run(
         def ready() -> bool:
             return _inserted(kafka.bootstrap, metrics_topic) > 0 and _batches(checkpoint, "commits") == 0
     else:
+        # The rejects query reads the same small batches, on the reference's short trigger (the
+        # `settings` fixture's): at its default 10 s the restart would wait ~100 s for it.
         env = {"PULSE_SPARK__MODE": "microbatch", "PULSE_SPARK__MAX_OFFSETS_PER_TRIGGER": BATCH,
-               "PULSE_SPARK__TRIGGER_MS": "200"}
+               "PULSE_SPARK__TRIGGER_MS": "200", "PULSE_SPARK__REJECTS_TRIGGER_MS": "500"}
         uninterrupted = settings.override(spark={"mode": "microbatch", "max_offsets_per_trigger": int(BATCH)})
 
         def ready() -> bool:

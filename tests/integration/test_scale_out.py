@@ -128,8 +128,10 @@ def test_worker_lost_mid_stream_the_job_waits_visibly_recovers_and_a_restart_sta
     log = tmp_path / "process.log"
     health_port = free_port()
     # Small micro-batches so that the loss lands mid-stream; a short staleness so /health shows the stall.
+    # The rejects query reads batches as small on a short trigger too: at its default 10 s, reading the
+    # recording 250 offsets at a time would keep `--until-idle` waiting minutes for it.
     env = _cluster_env(standalone, checkpoints, PULSE_SPARK__MODE="microbatch",
-                       PULSE_SPARK__MAX_OFFSETS_PER_TRIGGER="250",
+                       PULSE_SPARK__MAX_OFFSETS_PER_TRIGGER="250", PULSE_SPARK__REJECTS_TRIGGER_MS="500",
                        PULSE_SPARK__HEALTH_PORT=str(health_port), PULSE_SPARK__HEALTH_STALE_S="3")
     process = start_pulse_process(data_dir, kafka.bootstrap, topics.trades_topic, log, "--until-idle", "3", **env)
     try:
