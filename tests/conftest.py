@@ -44,6 +44,7 @@ ONE_WORKER_MODULES = frozenset({
 })
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: a plain pytest without it runs serially
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """`make test`'s workers (pytest-xdist) take one test at a time, in the order below, except that a
     module of ONE_WORKER_MODULES goes to one worker whole. (xdist's own `--dist loadgroup` marks do
