@@ -20,6 +20,7 @@ import pytest
 
 from pulse.broker.local_kafka import free_port
 from tests.support.binance_double import double_in_thread
+from tests.support.names import on_broker
 from tests.support.producer_harness import recorded_tape
 from tests.support.recordings import ARCHIVE_CSV, recording
 
@@ -177,7 +178,7 @@ def test_bad_arguments_and_settings(cwd):
                     "invalid setting PULSE_PRODUCER__MARKET")
 
 
-def test_a_recording_in_which_nothing_becomes_a_trade_fails_with_its_dead_letters(cwd, tmp_path):
+def test_a_recording_in_which_nothing_becomes_a_trade_fails_with_its_dead_letters(cwd, tmp_path, kafka):
     # A USD-M quarterly contract's frames, each broken the same way (a negative price): every one is
     # dead-lettered, and the run says so instead of ending well with nothing.
     broken = tmp_path / "broken.jsonl"
@@ -186,7 +187,8 @@ def test_a_recording_in_which_nothing_becomes_a_trade_fails_with_its_dead_letter
         "f": i, "l": i, "T": 1767225600000 + i, "m": i % 2 == 0}} for i in range(50)]
     broken.write_text("".join(json.dumps(frame) + "\n" for frame in frames))
     data_dir = tmp_path / "d"
-    result = pulse("demo", "--input", str(broken), "--speed", "max", "--data-dir", str(data_dir), cwd=cwd)
+    result = pulse("demo", "--input", str(broken), "--speed", "max", "--data-dir", str(data_dir), cwd=cwd,
+                   env=on_broker(kafka.bootstrap))
     line = assert_one_line(result, 1, "demo", "no trade came out of broken.jsonl", "50 records dead-lettered",
                            "field 'p'")
     assert "the summary above" in line

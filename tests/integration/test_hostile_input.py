@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processor_process import PULSE, WINDOWS_SQL, pulse_sql
+from pulse.broker.local_kafka import LocalKafkaBroker
+from tests.support.names import on_broker
+from tests.support.processor_process import PULSE, WINDOWS_SQL, pulse_env, pulse_sql
 from tests.support.recordings import ROOT, USDM_RAW, recording
 from tests.support.reference import assert_windows_match, reference_windows, trades_from_recording
 
@@ -53,7 +55,8 @@ HOSTILE: list[tuple[bytes, str]] = [
 ]
 
 
-def test_a_replay_mixing_valid_trades_with_every_hostile_frame_keeps_every_window_exact(tmp_path: Path) -> None:
+def test_a_replay_mixing_valid_trades_with_every_hostile_frame_keeps_every_window_exact(tmp_path: Path,
+                                                                                    kafka: LocalKafkaBroker) -> None:
     path = recording(USDM_RAW)
     lines = path.read_bytes().splitlines()
     trade_lines = [i for i, line in enumerate(lines) if b'"e":"aggTrade"' in line]
@@ -70,7 +73,8 @@ def test_a_replay_mixing_valid_trades_with_every_hostile_frame_keeps_every_windo
     data_dir = tmp_path / "run"
     result = subprocess.run([*PULSE, "demo", "--input", str(hostile), "--speed", "max", "--no-live-view",
                              "--data-dir", str(data_dir)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+                            cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+                            env=pulse_env(**on_broker(kafka.bootstrap)))
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "Traceback" not in output
